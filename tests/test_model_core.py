@@ -222,3 +222,12 @@ def test_bad_switch_names_the_parameter():
         MemoryConfig(relevance="causal")
     with pytest.raises(ValueError, match="model.memory.landmark"):
         MemoryConfig(landmark="mean")
+
+
+def test_repeat_bank_scores_like_the_original():
+    model = TransformerLM(small("learned"))
+    bank = _filled(model, 1, 3)
+    ids = torch.randint(0, SMALL["vocab_size"], (5, 7))
+    many = bank.repeat(5)
+    for i in range(5):
+        torch.testing.assert_close(model.memory_scores(ids[i : i + 1], bank)[0], model.memory_scores(ids, many)[i])

@@ -137,6 +137,19 @@ class MemoryBank:
         self.keys = torch.where(h, gathered, self.keys)
         self.key_len = torch.where(hit, keep, self.key_len)
 
+    def repeat(self, batch_size: int) -> "MemoryBank":
+        """A per-example bank of `batch_size` copies of this bank (shared, or per-example with B=1)."""
+        if self.batch_size not in (None, 1):
+            raise ValueError(f"repeat needs a shared bank or batch size 1, not {self.batch_size}")
+        out = MemoryBank(self.num_memories, self.heads, self.head_dim, batch_size, self.key_capacity,
+                         self.device, self.dtype)
+        for name in _TENSORS:
+            t = getattr(self, name)
+            t = t if self.batch_size is None else t[0]
+            setattr(out, name, t.unsqueeze(0).expand(batch_size, *t.shape))
+        out.pointer = self.pointer
+        return out
+
     def detach(self) -> None:
         """Cut the autograd graph of every state tensor."""
         for name in _TENSORS:
