@@ -6,7 +6,10 @@ import os
 import socket
 
 
-class HubUnavailable(RuntimeError):
+from .params import UserError
+
+
+class HubUnavailable(UserError, RuntimeError):
     """The Hugging Face hub is needed but offline or unreachable."""
 
 
@@ -26,6 +29,6 @@ def require_hub(what: str) -> None:
         reason = "HF_HUB_OFFLINE is set" if offline else "huggingface.co is unreachable"
         raise HubUnavailable(
             f"{what} needs the Hugging Face hub, but {reason}. Use the offline default "
-            "(data.source: wiki_vital, data.tokenizer: bpe, pretrain.init: pretrain), "
+            "(data.source: wiki_vital or text_dir, data.tokenizer: bpe, pretrain.init: pretrain), "
             "a local folder for pretrain.init: hf:<folder>, or run where the hub is reachable."
         )

@@ -1,0 +1,94 @@
+# Rules of the Snakefile, one per stage of dvc.yaml (file outputs, so Snakemake sees each result).
+
+
+rule all:
+    input:
+        f"reports/{EXP}.html",
+
+
+rule prepare:
+    input:
+        "pipeline/prepare.py",
+    output:
+        "data/prepared/manifest.json",
+    params:
+        keys("data"),
+    log:
+        "logs/prepare.log",
+    shell:
+        CMD.format(stage="prepare") + " > {log} 2>&1"
+
+
+rule build_memories:
+    input:
+        "pipeline/build_memories.py",
+        "data/prepared/manifest.json",
+    output:
+        "data/memories/manifest.json",
+    params:
+        keys("memories"),
+    log:
+        "logs/build_memories.log",
+    shell:
+        CMD.format(stage="build_memories") + " > {log} 2>&1"
+
+
+rule pretrain:
+    input:
+        "pipeline/pretrain.py",
+        "data/prepared/manifest.json",
+    output:
+        "models/base/config.json",
+    params:
+        keys("pretrain", "model", "train.weight_decay", "train.grad_clip", "train.threads", "train.device"),
+    log:
+        "logs/pretrain.log",
+    shell:
+        CMD.format(stage="pretrain") + " > {log} 2>&1"
+
+
+rule train:
+    input:
+        "pipeline/train.py",
+        "data/memories/manifest.json",
+        "models/base/config.json",
+    output:
+        "models/{variant}/seed{seed}/train_summary.json",
+    params:
+        keys("model", "train.protocol", "train.epochs", "train.patience", "train.batch_size", "train.lr",
+             "train.weight_decay", "train.grad_clip", "train.write_grad", "train.eval_memory",
+             "train.max_steps_per_epoch", "train.threads", "train.device"),
+    log:
+        "logs/train/{variant}-seed{seed}.log",
+    shell:
+        CMD.format(stage="train") + " --variant {wildcards.variant} --seed {wildcards.seed} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        "pipeline/evaluate.py",
+        "data/memories/manifest.json",
+        [f"models/{v}/seed{s}/train_summary.json" for v, s in RUNS],
+    output:
+        f"metrics/{EXP}/summary.json",
+    params:
+        keys("experiment", "train.variants", "train.seeds", "train.protocol", "train.eval_memory", "eval"),
+    log:
+        "logs/evaluate.log",
+    shell:
+        CMD.format(stage="evaluate") + " > {log} 2>&1"
+
+
+rule report:
+    input:
+        "pipeline/report.py",
+        "notebooks/landmark_report.ipynb",
+        f"metrics/{EXP}/summary.json",
+    output:
+        f"reports/{EXP}.html",
+    params:
+        keys("report"),
+    log:
+        "logs/report.log",
+    shell:
+        CMD.format(stage="report") + " > {log} 2>&1"
