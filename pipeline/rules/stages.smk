@@ -13,6 +13,8 @@ rule prepare:
         "data/prepared/manifest.json",
     params:
         keys("data"),
+    conda:
+        ENV
     log:
         "logs/prepare.log",
     shell:
@@ -27,6 +29,8 @@ rule build_memories:
         "data/memories/manifest.json",
     params:
         keys("memories"),
+    conda:
+        ENV
     log:
         "logs/build_memories.log",
     shell:
@@ -41,6 +45,8 @@ rule pretrain:
         "models/base/config.json",
     params:
         keys("pretrain", "model", "train.weight_decay", "train.grad_clip", "train.threads", "train.device"),
+    conda:
+        ENV
     log:
         "logs/pretrain.log",
     shell:
@@ -58,6 +64,8 @@ rule train:
         keys("model", "train.protocol", "train.epochs", "train.patience", "train.batch_size", "train.lr",
              "train.weight_decay", "train.grad_clip", "train.write_grad", "train.eval_memory",
              "train.max_steps_per_epoch", "train.threads", "train.device"),
+    conda:
+        ENV
     log:
         "logs/train/{variant}-seed{seed}.log",
     shell:
@@ -73,6 +81,8 @@ rule evaluate:
         f"metrics/{EXP}/summary.json",
     params:
         keys("experiment", "train.variants", "train.seeds", "train.protocol", "train.eval_memory", "eval"),
+    conda:
+        ENV
     log:
         "logs/evaluate.log",
     shell:
@@ -88,6 +98,8 @@ rule report:
         f"reports/{EXP}.html",
     params:
         keys("report"),
+    conda:
+        ENV
     log:
         "logs/report.log",
     shell:

@@ -35,8 +35,9 @@ class Landmark(nn.Module):
         super().__init__()
         self.landmark_norm = cfg.memory.landmark_norm
 
-    def query(self, h: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        return feature_map(q)
+    def query(self, h: torch.Tensor, q: torch.Tensor, sq: torch.Tensor | None = None) -> torch.Tensor:
+        """φ(q) [B, H, S, d]; `sq` is σ(q) when the caller already has it."""
+        return feature_map(q) if sq is None else sq
 
     def normaliser(self, bank: MemoryBank) -> torch.Tensor:
         """z_i, summed (v1) or averaged over the tokens written: [*, N, H, d]."""
@@ -63,7 +64,7 @@ class LearnedLandmark(Landmark):
 
 
 class HSAMeanLandmark(Landmark):
-    def query(self, h: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    def query(self, h: torch.Tensor, q: torch.Tensor, sq: torch.Tensor | None = None) -> torch.Tensor:
         return q
 
     def vectors(self, bank: MemoryBank) -> torch.Tensor:
@@ -101,7 +102,7 @@ class HSAEncoderLandmark(Landmark):
             })
             self.layers.append(layer)
 
-    def query(self, h: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    def query(self, h: torch.Tensor, q: torch.Tensor, sq: torch.Tensor | None = None) -> torch.Tensor:
         B, S, D = h.shape
         return self.q_slc(h).view(B, S, self.heads, -1).transpose(1, 2)  # [B, H, S, d]
 
@@ -119,14 +120,14 @@ class HSAEncoderLandmark(Landmark):
         G = keys.shape[0]
         x = torch.cat([self.cls[None, :, None, :].expand(G, H, 1, d), keys.to(self.cls.dtype)], dim=2)  # [G, H, 1+C, d]
         valid = torch.arange(C + 1, device=x.device) <= bank.key_len.reshape(-1, 1)  # [G, 1+C]
-        attn_mask = valid[:, None, None, None, :]  # [G, 1, 1, 1, T] broadcast over heads, queries
+        attn_mask = valid.repeat_interleave(H, 0)[:, None, None, :]  # [G*H, 1, 1, T]
         e, hd = self.enc_heads, d // self.enc_heads
         for L in self.layers:
             qkv = self._linear(x, L["in_w"], L["in_b"])  # [G, H, T, 3d]
             T = qkv.shape[2]
-            q, k, v = (t.reshape(G, H, T, e, hd).transpose(2, 3) for t in qkv.chunk(3, dim=-1))  # [G,H,e,T,hd]
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-            a = a.transpose(2, 3).reshape(G, H, T, d)
+            q, k, v = (t.reshape(G * H, T, e, hd).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # [GH,e,T,hd]
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # 4-D: the fast kernels
+            a = a.transpose(1, 2).reshape(G, H, T, d)
             x = self._ln(x + self._linear(a, L["out_w"], L["out_b"]), L["ln1_w"], L["ln1_b"])
             ff = self._linear(F.relu(self._linear(x, L["ff1_w"], L["ff1_b"])), L["ff2_w"], L["ff2_b"])
             x = self._ln(x + ff, L["ln2_w"], L["ln2_b"])

@@ -373,3 +373,15 @@ def cli_main(fn: Callable[P, R]) -> Callable[P, R]:
             print(f"interrupted: {Path(sys.argv[0]).name} stopped (Ctrl-C)", file=sys.stderr, flush=True)
             raise SystemExit(130) from None
     return run
+
+
+def rerun_key(params: dict, *paths: str) -> str:
+    """The values of dotted `paths` (e.g. "train.lr") as one canonical JSON string; a Snakemake
+    rule lists it under `params:` so the rule reruns exactly when one of them changes."""
+    out = {}
+    for path in paths:
+        value: Any = params
+        for part in path.split("."):
+            value = value[part]
+        out[path] = value
+    return json.dumps(out, sort_keys=True)

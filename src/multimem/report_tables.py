@@ -70,8 +70,7 @@ def selection_table(sel: pd.DataFrame) -> pd.DataFrame | None:
         return None
     rows = []
     for (variant, model, k), g in sel.groupby(["variant", "model", "k"], sort=False):
-        n = int(g["n"].sum()) if "n" in g else 0
-        correct = int(round((g["acc"] * g["n"]).sum())) if n else 0
+        n, correct = int(g["n"].sum()), int(g["correct"].sum())
         lo, hi = clopper_pearson(correct, n) if n else (float("nan"), float("nan"))
         rows.append((variant, model, f"top-{k}", f"{correct}/{n}", 100 * correct / max(n, 1),
                      f"[{100 * lo:.1f}, {100 * hi:.1f}]", 100 * float(g["chance"].iloc[0])))
@@ -120,8 +119,7 @@ def conclusions(params: dict[str, Any], summary: dict[str, Any], sel: pd.DataFra
     if not sel.empty:
         top1 = sel[(sel["k"] == 1) & (sel["model"] == "trained")]
         for v, g in top1.groupby("variant", sort=False):
-            n = int(g["n"].sum())
-            correct = int(round((g["acc"] * g["n"]).sum()))
+            n, correct = int(g["n"].sum()), int(g["correct"].sum())
             lo, hi = clopper_pearson(correct, n, conf)
             chance = float(g["chance"].iloc[0])
             where = "above" if lo > chance else ("below" if hi < chance else "not distinguishable from")

@@ -1,0 +1,42 @@
+"""Stage pretrain: the base LM (random init, trained on lm_train, or imported Pythia weights) -> models/base/.
+
+    python pipeline/pretrain.py --params params.yaml [--prepared data/prepared] [--out models/base]
+    torchrun --standalone --nproc_per_node=2 pipeline/pretrain.py --params params.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from multimem.params import cli_main, load_params
+from multimem.training.ddp import env_dist_info
+from multimem.training.loop import NonFiniteError
+from multimem.training.runs import CHECKPOINT_EVERY, pretrain
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--out", default="models/base")
+    parser.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY,
+                        help="optimiser steps between mid-epoch checkpoints")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    try:
+        m = pretrain(params, args.prepared, args.out, args.checkpoint_every)
+    except NonFiniteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    if not env_dist_info().is_main:
+        return 0
+    trained = (f"{m['steps']} steps, best val loss {m['best_val_loss']:.4f} (ppl {m['best_val_ppl']:.2f}) "
+               f"at epoch {m['best_epoch']}, {m['seconds']:.1f} s" if m["trained"] else "not trained")
+    print(f"pretrain: init {m['init']}, {m['params']:,} parameters, {trained} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

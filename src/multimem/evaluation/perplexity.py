@@ -1,0 +1,120 @@
+"""Perplexity under the experiment's memory protocol (multimem.training.protocols), without gradients.
+
+lm (v1)          LM chunks [n, L]: input chunks[:, :-1], labels chunks[:, 1:]. The LM protocol's own
+                 validation pass, batch for batch: the shared bank is reset first; eval_memory "off"
+                 (v1) then reads an EMPTY bank with no writes, "on" writes every batch after its read.
+selection (v2)   per example N context segments written to N slots (context[:, s] -> slot s, a fresh
+                 bank per batch), then the target: input target[:, :-1], labels target[:, 1:]. The
+                 bank is written once per batch and read by every requested mixer:
+                 "landmark" = the run's own landmark, or a reference mixer "oracle" (oracle_slot =
+                 true_slot), "uniform", "none". For each mixer also: the fraction of target tokens
+                 whose head-averaged top memory is the true slot, and the mean largest mixing weight.
+
+Batches follow validation's order and size (rows 0..n-1 in `batch_size` blocks), so the loss of a
+run's best weights on its validation split equals train_summary.json's best_val_loss on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from multimem.model import TransformerLM
+from multimem.selection_metrics import mean_max_weight, token_top_slot_fraction
+from multimem.training.batches import DataFormatError, LMChunks, SelectionExamples, batch_rows, steps_per_epoch
+from multimem.training.loop import perplexity
+from multimem.training.protocols import LMProtocol, token_loss_sum
+
+EVAL_MIXERS = ("landmark", "oracle", "uniform", "none")
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    """One pass over a split: mean token cross-entropy (nats), its exp, the token count and, where the
+    memory layer mixed memories, top_slot_true / mix_max_weight (None otherwise)."""
+
+    loss: float
+    ppl: float
+    tokens: int
+    top_slot_true: float | None = None
+    mix_max_weight: float | None = None
+
+
+class _Sums:
+    def __init__(self) -> None:
+        self.loss_sum, self.tokens, self.top, self.max, self.weighted = 0.0, 0, 0.0, 0.0, 0
+
+    def add(self, loss_sum: torch.Tensor, tokens: int, mix: torch.Tensor | None = None,
+            true_slot: torch.Tensor | None = None) -> None:
+        self.loss_sum += float(loss_sum)
+        self.tokens += tokens
+        if mix is not None and true_slot is not None:
+            n = mix.shape[0] * mix.shape[2]  # B * S tokens
+            self.top += token_top_slot_fraction(mix, true_slot) * n
+            self.max += mean_max_weight(mix) * n
+            self.weighted += n
+
+    def result(self) -> Perplexity:
+        loss = self.loss_sum / self.tokens
+        w = self.weighted
+        return Perplexity(loss, perplexity(loss), self.tokens,
+                          self.top / w if w else None, self.max / w if w else None)
+
+
+def _batches(n: int, batch_size: int, desc: str) -> Iterator[np.ndarray]:
+    """Row indices of validation's batches: 0..n-1 in blocks of `batch_size`."""
+    order = np.arange(n)
+    for s in tqdm(range(steps_per_epoch(n, batch_size)), desc=desc, leave=False, disable=None):
+        yield batch_rows(order, s, batch_size)
+
+
+@torch.no_grad()
+def lm_perplexity(model: TransformerLM, chunks: LMChunks, batch_size: int, eval_memory: str,
+                  device: torch.device, desc: str = "lm") -> Perplexity | None:
+    """Perplexity of LM chunks under the lm protocol (module docstring); None for an empty split."""
+    if len(chunks) == 0:
+        return None
+    model.eval()
+    protocol = LMProtocol(model, eval_memory)
+    protocol.start_epoch()
+    sums = _Sums()
+    for rows in _batches(len(chunks), batch_size, desc):
+        batch = {k: v.to(device) for k, v in chunks.batch(rows).items()}
+        result = protocol.step(batch, training=False)
+        sums.add(result.loss_sum, result.tokens)
+    return sums.result()
+
+
+@torch.no_grad()
+def selection_perplexity(model: TransformerLM, examples: SelectionExamples, batch_size: int,
+                         mixers: Sequence[str], device: torch.device,
+                         desc: str = "selection") -> dict[str, Perplexity] | None:
+    """Target perplexity per mixer of EVAL_MIXERS under the selection protocol (module docstring);
+    None for an empty split."""
+    bad = [m for m in mixers if m not in EVAL_MIXERS]
+    if bad:
+        raise ValueError(f"eval.mixers: {bad} not allowed; allowed: {', '.join(EVAL_MIXERS)}")
+    N = model.cfg.memory.num_memories
+    if examples.num_slots != N:
+        raise DataFormatError(f"{examples.path}: {examples.num_slots} context segments per example but "
+                         f"model.memory.num_memories={N}; rerun build_memories with memories.num_memories={N}")
+    if len(examples) == 0:
+        return None
+    model.eval()
+    shared = model.cfg.memory.state == "shared"
+    sums = {m: _Sums() for m in mixers}
+    for rows in _batches(len(examples), batch_size, desc):
+        b = {k: v.to(device) for k, v in examples.batch(rows).items()}
+        context, target, true_slot = b["context"], b["target"], b["true_slot"]  # [B, N, Ls], [B, T+1], [B]
+        bank = model.new_bank(None if shared else len(rows), device)
+        for s in range(N):
+            model.write_memory(context[:, s], bank, slot=s)
+        inputs, labels = target[:, :-1], target[:, 1:]  # [B, T] each
+        for m in mixers:
+            out = model(inputs, bank=bank, mixer=None if m == "landmark" else m, oracle_slot=true_slot)
+            sums[m].add(token_loss_sum(out.logits, labels), labels.numel(), out.mix_weights, true_slot)
+    return {m: s.result() for m, s in sums.items()}
