@@ -231,3 +231,19 @@ def test_repeat_bank_scores_like_the_original():
     many = bank.repeat(5)
     for i in range(5):
         torch.testing.assert_close(model.memory_scores(ids[i : i + 1], bank)[0], model.memory_scores(ids, many)[i])
+
+
+@pytest.mark.parametrize("v2", [True, False], ids=["v2", "v1"])
+@pytest.mark.parametrize("write", ["simple", "delta"])
+def test_write_memories_equals_one_write_per_slot(v2, write):
+    model = TransformerLM(small("hsa_encoder", v2=v2, write=write, n=3)).double()
+    B = 2
+    context = torch.randint(0, SMALL["vocab_size"], (B, 3, 7))
+    one, every = (model.new_bank(B if v2 else None) for _ in range(2))
+    for bank in (one, every):  # a first write, so the delta rule has something to subtract
+        model.write_memories(torch.randint(0, SMALL["vocab_size"], (B, 3, 5), generator=torch.Generator().manual_seed(1)), bank)
+    for s in range(3):
+        model.write_memory(context[:, s], one, torch.full((B,), s) if v2 else s)
+    model.write_memories(context, every)
+    for name in ("M", "z", "key_sum", "tokens", "keys", "key_len"):
+        torch.testing.assert_close(getattr(one, name), getattr(every, name), rtol=1e-12, atol=1e-12, msg=name)

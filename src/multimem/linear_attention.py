@@ -37,32 +37,32 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
 def causal_linear_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int = 64, eps: float = EPS
 ) -> torch.Tensor:
-    """Chunked causal linear attention. q, k: [B, H, S, d] (feature-mapped), v: [B, H, S, e] -> [B, H, S, e]."""
+    """Chunked causal linear attention. q, k: [B, H, S, d] (feature-mapped), v: [B, H, S, e] -> [B, H, S, e].
+
+    A ones column appended to v carries the normaliser: [v, 1] gives numerator and Σφk in one product.
+    Per chunk c (G = B·H·n chunks of C positions, flattened into one batch of matrix products):
+        o_c = tril(q_c k_cᵀ) [v_c, 1]  +  q_c Σ_{c'<c} k_c'ᵀ [v_c', 1]        [C, e+1]
+        out = o[:, :e] / max(o[:, e], ε)
+    """
     _check(q, k, v)
     B, H, S, d = q.shape
+    e = v.shape[-1]
     C = min(chunk_size, S)
     n = -(-S // C)
+    v1 = torch.cat([v, v.new_ones(B, H, S, 1)], dim=-1)  # [B, H, S, e+1]
     pad = n * C - S
     if pad:  # zero keys add nothing to any sum; padded queries are cropped
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    q = q.view(B, H, n, C, d)
-    k = k.view(B, H, n, C, d)
-    v = v.view(B, H, n, C, v.shape[-1])
+        q, k, v1 = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v1))
+    qc = q.reshape(B * H * n, C, d)  # [G, C, d]
+    kc = k.reshape(B * H * n, C, d)
+    vc = v1.reshape(B * H * n, C, e + 1)
 
-    mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    scores = (q @ k.transpose(-1, -2)).masked_fill(~mask, 0.0)  # [B, H, n, C, C]
-    num = scores @ v  # [B, H, n, C, e]   intra-chunk
-    den = scores.sum(-1)  # [B, H, n, C]
-
-    kv = k.transpose(-1, -2) @ v  # [B, H, n, d, e]   per-chunk Σ φk vᵀ
-    ks = k.sum(-2)  # [B, H, n, d]
-    kv_prev = torch.cat([torch.zeros_like(kv[:, :, :1]), kv[:, :, :-1].cumsum(2)], dim=2)  # exclusive
-    ks_prev = torch.cat([torch.zeros_like(ks[:, :, :1]), ks[:, :, :-1].cumsum(2)], dim=2)
-    num = num + q @ kv_prev  # [B, H, n, C, e]   inter-chunk state
-    den = den + (q @ ks_prev.unsqueeze(-1)).squeeze(-1)  # [B, H, n, C]
-
-    out = num / den.clamp_min(eps).unsqueeze(-1)
-    return out.reshape(B, H, n * C, -1)[:, :, :S]
+    scores = torch.bmm(qc, kc.transpose(1, 2)).tril_()  # [G, C, C]   φq_t·φk_s, s ≤ t within the chunk
+    kv = torch.bmm(kc.transpose(1, 2), vc).view(B * H, n, d, e + 1)  # per-chunk Σ φk [v, 1]ᵀ
+    state = F.pad(kv[:, :-1].cumsum(1), (0, 0, 0, 0, 1, 0))  # [B·H, n, d, e+1]  exclusive: chunks before
+    o = torch.baddbmm(torch.bmm(scores, vc), qc, state.view(B * H * n, d, e + 1))  # intra + inter [G, C, e+1]
+    out = o[..., :e] / o[..., e:].clamp_min(eps)
+    return out.view(B, H, n * C, e)[:, :, :S]
 
 
 def causal_linear_attention_naive(

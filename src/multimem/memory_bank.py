@@ -85,7 +85,7 @@ class MemoryBank:
 
     def add(
         self,
-        onehot: torch.Tensor,
+        onehot: torch.Tensor | None,
         dM: torch.Tensor,
         dz: torch.Tensor,
         dkey_sum: torch.Tensor,
@@ -93,33 +93,41 @@ class MemoryBank:
         keys: torch.Tensor | None = None,
         replace_keys: bool = False,
     ) -> None:
-        """Accumulate one write into the slots picked by `onehot` [*, N].
-
+        """Accumulate one write into the slots picked by `onehot` [*, N]:
         dM [*, H, d, e], dz / dkey_sum [*, H, d], keys [*, H, L, d] (raw keys of this write).
+        With onehot None every slot is written at once: dM [*, N, H, d, e], dz [*, N, H, d],
+        keys [*, N, H, L, d].
         """
         def spread(x: torch.Tensor) -> torch.Tensor:  # [*, ...] -> [*, N, ...] on the chosen slot
+            if onehot is None:
+                return x
             shape = onehot.shape + (1,) * (x.dim() - len(self.lead))
             return onehot.view(shape) * x.unsqueeze(len(self.lead))
 
         self.M = self.M + spread(dM.to(self.dtype))
         self.z = self.z + spread(dz.to(self.dtype))
         self.key_sum = self.key_sum + spread(dkey_sum.to(self.dtype))
-        self.tokens = self.tokens + onehot * tokens
+        self.tokens = self.tokens + (tokens if onehot is None else onehot * tokens)
         if keys is not None and self.key_capacity:
             self._add_keys(onehot, keys.to(self.dtype), replace_keys)
 
-    def _add_keys(self, onehot: torch.Tensor, keys: torch.Tensor, replace: bool) -> None:
+    def _add_keys(self, onehot: torch.Tensor | None, keys: torch.Tensor, replace: bool) -> None:
         C = self.key_capacity
         L = keys.shape[-2]
-        hit = onehot.bool()  # [*, N]
         n = len(self.lead)
+        if onehot is None:  # keys [*, N, H, L, d]: one segment per slot
+            hit = torch.ones_like(self.key_len, dtype=torch.bool)
+            keys = keys.unsqueeze(n)  # [*, 1, N, H, L, d] -> indexed below as per slot
+        else:
+            hit = onehot.bool()  # [*, N]
         if replace:  # v1: the landmark sees only the last write
             old = torch.zeros_like(self.keys)
             old_len = torch.zeros_like(self.key_len)
         else:
             old, old_len = self.keys, self.key_len
         # append: concatenate along the buffer axis, keep the most recent C valid keys
-        new = keys.unsqueeze(n).expand(*self.lead, self.num_memories, *keys.shape[n:])  # [*, N, H, L, d]
+        new = keys.squeeze(n) if onehot is None else keys.unsqueeze(n).expand(
+            *self.lead, self.num_memories, *keys.shape[n:])  # [*, N, H, L, d]
         cat = torch.cat([old, new], dim=-2)  # [*, N, H, C+L, d]; valid: [0, old_len) and [C, C+L)
         total = old_len + L
         keep = torch.clamp(total, max=C)  # new valid length

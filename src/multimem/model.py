@@ -104,6 +104,18 @@ class TransformerLM(nn.Module):
         else:
             self.memory_layer.write(self._memory_input(input_ids), bank, slot)
 
+    def write_memories(self, context: torch.Tensor, bank: MemoryBank, detach: bool = True) -> None:
+        """Write context [B, N, L]: segment n to memory slot n, every slot in one pass (the same
+        result as N calls of write_memory, at the cost of one)."""
+        B, N, L = context.shape
+        if N != bank.num_memories:
+            raise ValueError(f"context has {N} segments for {bank.num_memories} memory slots")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
+            x = self._memory_input(context.reshape(B * N, L))  # [B·N, L, D]
+            self.memory_layer.write(x.view(B, N, L, -1), bank, None)
+        if detach:
+            bank.detach()
+
     def memory_scores(self, input_ids: torch.Tensor, bank: MemoryBank) -> torch.Tensor:
         """Landmark relevance of each memory to input_ids [B, S]: [B, N] (mean over heads, tokens);
         empty memories score -inf when model.memory.empty is masked."""

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .config import ModelConfig
 from .landmarks import build_landmark, relevance
@@ -50,34 +51,40 @@ class MultiMemoryAttention(nn.Module):
         self.o_proj = nn.Linear(D, D, bias=False)
         self.gate = nn.Parameter(torch.zeros(H))  # γ_h, g = sigmoid(γ) = 0.5 at init
         self.landmark = build_landmark(cfg)
-
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        B, S, _ = t.shape
-        return t.view(B, S, self.H, self.d).transpose(1, 2)  # [B, H, S, d]
+        self.chunk_size = 64  # chunk of the local linear attention (a speed knob; the result is the same)
 
     def qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self._heads(self.q_proj(h)), self._heads(self.k_proj(h)), self._heads(self.v_proj(h))
+        """Q, K, V [B, H, S, d] from h [B, S, D], as one matrix product with the stacked weights."""
+        B, S, _ = h.shape
+        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # [3D, D]
+        qkv = F.linear(h, w).view(B, S, 3, self.H, self.d).transpose(1, 3)  # [B, H, 3, S, d]
+        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
     # ---- read -----------------------------------------------------------------------------
-    def scores(self, h: torch.Tensor, q: torch.Tensor, bank: MemoryBank) -> torch.Tensor:
-        """Landmark relevance r [B, H, S, N], after the relevance and empty-memory switches."""
+    def scores(
+        self, h: torch.Tensor, q: torch.Tensor, bank: MemoryBank, sq: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Landmark relevance r [B, H, S, N], after the relevance and empty-memory switches
+        (`sq`: σ(q) when already computed)."""
         assert self.landmark is not None
-        r = relevance(self.landmark, self.landmark.query(h, q), self.landmark.vectors(bank), self.mem.score_scale)
+        phi_q = self.landmark.query(h, q, sq)  # [B, H, S, d]
         if self.mem.relevance == "sequence_mean":  # v1: one score per sequence, averages future q too
-            r = r.mean(dim=2, keepdim=True).expand_as(r)
+            phi_q = phi_q.mean(dim=2, keepdim=True)  # mean_t(φq_t)·ℓ = mean_t(φq_t·ℓ), computed once
+        r = relevance(self.landmark, phi_q, self.landmark.vectors(bank), self.mem.score_scale)  # [B, H, S|1, N]
         empty = self._empty(bank, r)
         if self.mem.empty == "zero_score":
             r = r.masked_fill(empty, 0.0)
         else:
             r = r.masked_fill(empty, float("-inf"))
-        return r
+        return r.expand(*q.shape[:3], r.shape[-1])
 
     def _empty(self, bank: MemoryBank, like: torch.Tensor) -> torch.Tensor:
         e = bank.empty  # [N] or [B, N]
         return (e if e.dim() == 1 else e[:, None, None, :]).expand_as(like)
 
     def mix_weights(
-        self, h: torch.Tensor, q: torch.Tensor, bank: MemoryBank, mixer: str, oracle_slot: torch.Tensor | None
+        self, h: torch.Tensor, q: torch.Tensor, bank: MemoryBank, mixer: str, oracle_slot: torch.Tensor | None,
+        sq: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """w [B, H, S, N]; rows sum to 1 over the memories taking part, or are all 0."""
         B, H, S, _ = q.shape
@@ -93,16 +100,19 @@ class MultiMemoryAttention(nn.Module):
         if mixer == "uniform":
             full = (~self._empty(bank, q.new_zeros(shape))).to(q.dtype)
             return full / full.sum(-1, keepdim=True).clamp_min(1.0)
-        r = self.scores(h, q, bank)
+        r = self.scores(h, q, bank, sq)
+        if self.mem.relevance == "sequence_mean":  # one row per sequence: mix once, broadcast over S
+            r = r[:, :, :1]
         if self.mem.top_k:
             kth = r.topk(self.mem.top_k, dim=-1).values[..., -1:]
             r = r.masked_fill(r < kth, float("-inf"))
         none_left = torch.isneginf(r).all(-1, keepdim=True)
         w = torch.softmax(r.masked_fill(none_left, 0.0), dim=-1)
-        return w.masked_fill(none_left, 0.0)
+        return w.masked_fill(none_left, 0.0).expand(shape)
 
     def read(self, q: torch.Tensor, bank: MemoryBank) -> torch.Tensor:
-        """A_n [B, H, S, N, d]: every memory read by every query (one batched einsum)."""
+        """A_n [B, H, S, N, d]: every memory read by every query (one batched einsum); the definition
+        that `read_mixed`, which the forward pass uses, contracts with the mixing weights."""
         sq = feature_map(q)
         M, z = bank.M.to(q.dtype), bank.z.to(q.dtype)
         if M.dim() == 4:  # shared [N, H, d, e]
@@ -113,26 +123,46 @@ class MultiMemoryAttention(nn.Module):
             den = torch.einsum("bhsd,bnhd->bhsn", sq, z)
         return num / den.clamp_min(self.mem.eps).unsqueeze(-1)
 
+    def read_mixed(self, sq: torch.Tensor, w: torch.Tensor, bank: MemoryBank) -> torch.Tensor:
+        """A_mix = Σ_n w_n A_n [B, H, S, e] without materialising every A_n:
+
+            Σ_n w_n M_nᵀσ(q) / max(σ(q)·z_n, ε) = [c_n σ(q)]_{n,d} · [M_n]_{(n,d), e},  c_n = w_n / max(σ(q)·z_n, ε)
+
+        one matrix product over the stacked (memory, key-dim) axis N·d per head. sq = σ(q) [B, H, S, d]."""
+        M, z = bank.M.to(sq.dtype), bank.z.to(sq.dtype)
+        N, H, d, e = M.shape[-4:]
+        if M.dim() == 4:  # shared [N, H, d, e]
+            den = torch.einsum("bhsd,nhd->bhsn", sq, z)
+            M = M.transpose(0, 1).reshape(H, N * d, e)  # [H, N·d, e]
+        else:  # per example [B, N, H, d, e]
+            den = torch.einsum("bhsd,bnhd->bhsn", sq, z)
+            M = M.transpose(1, 2).reshape(M.shape[0], H, N * d, e)  # [B, H, N·d, e]
+        c = w / den.clamp_min(self.mem.eps)  # [B, H, S, N]
+        x = (c.unsqueeze(-1) * sq.unsqueeze(-2)).flatten(-2)  # [B, H, S, N·d]
+        return x @ M  # [B, H, S, e]
+
     # ---- write ----------------------------------------------------------------------------
-    def write(self, k: torch.Tensor, v: torch.Tensor, bank: MemoryBank, slot: int | torch.Tensor) -> None:
-        """Write K, V [B, H, S, d] of one segment to `slot` (int, or LongTensor [B] per example)."""
-        B, H, S, d = k.shape
+    def write(self, k: torch.Tensor, v: torch.Tensor, bank: MemoryBank, slot: int | torch.Tensor | None) -> None:
+        """Write K, V of segments to memory.
+
+        slot int or LongTensor [B]: one segment per example, K, V [B, H, S, d];
+        slot None: segment n to slot n for every slot at once, K, V [B, N, H, S, d] — the same result
+        as N single writes, since a write to slot n reads and changes slot n only."""
+        S = k.shape[-2]
+        B = k.shape[0]
         sk = feature_map(k)
-        onehot = bank.slot_mask(slot)  # [*, N]
+        onehot = None if slot is None else bank.slot_mask(slot)  # [*, N]
         if self.mem.write == "delta":  # eq. 5: store only what the memory cannot yet retrieve
-            Mj = bank.select(bank.M, onehot).to(k.dtype)  # [*, H, d, e]
-            zj = bank.select(bank.z, onehot).to(k.dtype)  # [*, H, d]
-            if Mj.dim() == 3:
-                Mj, zj = Mj.unsqueeze(0), zj.unsqueeze(0)
+            Mj, zj = bank.M.to(k.dtype), bank.z.to(k.dtype)  # [*, N, H, d, e], [*, N, H, d]
+            if onehot is not None:
+                Mj, zj = bank.select(Mj, onehot), bank.select(zj, onehot)  # [*, H, d, e], [*, H, d]
             retrieved = (sk @ Mj) / (sk @ zj.unsqueeze(-1)).clamp_min(self.mem.eps)
             v = v - retrieved
-        kv = sk.transpose(-1, -2) @ v  # [B, H, d, e]  Σ_s σ(K_s) V_sᵀ
-        ks, kraw = sk.sum(2), k.sum(2)  # [B, H, d]
+        kv = sk.transpose(-1, -2) @ v  # [B, (N,) H, d, e]  Σ_s σ(K_s) V_sᵀ
+        ks, kraw = sk.sum(-2), k.sum(-2)  # [B, (N,) H, d]
         if bank.batch_size is None:  # shared bank: average over the batch
-            c_z = B
             c_M = B * S if self.mem.readout_norm == "v1" else B
-            dM, dz, dkey = kv.sum(0) / c_M, ks.sum(0) / c_z, kraw.sum(0) / B
-            keys = k.mean(0)  # [H, S, d]
+            dM, dz, dkey, keys = kv.sum(0) / c_M, ks.sum(0) / B, kraw.sum(0) / B, k.mean(0)
         else:
             c_M = S if self.mem.readout_norm == "v1" else 1
             dM, dz, dkey, keys = kv / c_M, ks, kraw, k
@@ -150,13 +180,14 @@ class MultiMemoryAttention(nn.Module):
         """h = LN(x) [B, S, D] -> (W_o O [B, S, D], mixing weights [B, H, S, N] or None)."""
         B, S, D = h.shape
         q, k, v = self.qkv(h)
-        local = causal_linear_attention(feature_map(q), feature_map(k), v, eps=self.mem.eps)  # [B, H, S, d]
+        sq = feature_map(q)  # [B, H, S, d]
+        local = causal_linear_attention(sq, feature_map(k), v, self.chunk_size, self.mem.eps)  # [B, H, S, d]
         g = torch.sigmoid(self.gate).view(1, self.H, 1, 1)
         w = None
         if bank is not None:
-            w = self.mix_weights(h, q, bank, mixer or self.mem.landmark, oracle_slot)  # [B, H, S, N]
-            mixed = (w.unsqueeze(-1) * self.read(q, bank)).sum(3)  # [B, H, S, d]
-            o = g * mixed + (1 - g) * local
+            w = self.mix_weights(h, q, bank, mixer or self.mem.landmark, oracle_slot, sq)  # [B, H, S, N]
+            mixed = self.read_mixed(sq, w, bank)  # [B, H, S, d]
+            o = torch.lerp(local, mixed, g)  # g A_mix + (1 - g) A_loc
         else:
             o = (1 - g) * local  # A_mix = 0
         if update_memory and bank is not None:  # write after the read (v1), detached
@@ -191,7 +222,10 @@ class MultiMemoryLayer(nn.Module):
         h2 = h if self.post_attention_layernorm is None else self.post_attention_layernorm(x)
         return MemoryReadout(x + attn + self.mlp(h2), w)
 
-    def write(self, x: torch.Tensor, bank: MemoryBank, slot: int | torch.Tensor) -> None:
-        """Write the segment x [B, L, D] (this layer's input) to memory `slot`."""
-        _, k, v = self.attention.qkv(self.input_layernorm(x))
+    def write(self, x: torch.Tensor, bank: MemoryBank, slot: int | torch.Tensor | None) -> None:
+        """Write the segment x [B, L, D] (this layer's input) to memory `slot`; with slot None,
+        x [B, N, L, D] holds one segment per slot."""
+        lead = x.shape[:-2]
+        _, k, v = self.attention.qkv(self.input_layernorm(x.reshape(-1, *x.shape[-2:])))  # [B(·N), H, L, d]
+        k, v = (t.reshape(*lead, *t.shape[1:]) for t in (k, v))
         self.attention.write(k, v, bank, slot)

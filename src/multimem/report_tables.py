@@ -78,11 +78,13 @@ def selection_table(sel: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(rows, columns=cols).set_index(["variant", "model", "k"]).round(1)
 
 
-def bracket_table(bracket: pd.DataFrame) -> pd.DataFrame | None:
-    """Mean target PPL per variant and mixer, and the share of the oracle–none gap the landmark recovers."""
+def bracket_table(bracket: pd.DataFrame, split: str) -> pd.DataFrame | None:
+    """Mean target PPL on `split` per variant and mixer, and the share of the oracle–none gap the
+    landmark recovers: (none − landmark) / (none − oracle)."""
+    bracket = bracket[bracket["split"] == split] if not bracket.empty else bracket
     if bracket.empty:
         return None
-    piv = bracket.groupby(["variant", "mixer"])["ppl"].mean().unstack()
+    piv = bracket.groupby(["variant", "mixer"], sort=False)["ppl"].mean().unstack()
     if {"oracle", "none", "landmark"} <= set(piv.columns):
         gap = piv["none"] - piv["oracle"]
         piv["recovered"] = ((piv["none"] - piv["landmark"]) / gap.where(gap.abs() > 1e-9)).round(3)
@@ -98,24 +100,32 @@ def conclusions(params: dict[str, Any], summary: dict[str, Any], sel: pd.DataFra
     """Markdown bullet list of findings, each derived from the numbers (never typed in)."""
     lines: list[str] = []
     conf = params["eval"]["confidence"]
+    split = params["eval"]["report_split"]
+    metric = f"{split}_ppl"
+    n_seeds = len(params["train"]["seeds"])
     for key, value in sorted(summary.items()):
         parts = key.split(".")
-        if parts[0] != "diff" or parts[-1] != "significant" or "ppl" not in parts[2]:
+        if parts[0] != "diff" or parts[-1] != "significant" or parts[2] != metric:
             continue
-        pair, metric = parts[1], parts[2]
-        base = f"diff.{pair}.{metric}"
-        d, lo, hi = (summary.get(f"{base}.{s}") for s in ("mean_diff", "ci_lo", "ci_hi"))
-        n = summary.get(f"{base}.n")
+        base = f"diff.{parts[1]}.{metric}"
+        d, lo, hi = (summary[f"{base}.{s}"] for s in ("mean_diff", "ci_lo", "ci_hi"))
         verdict = "**significant**" if value else "not significant"
-        lines.append(f"- `{metric}`, {pair.replace('-', ' minus ')}: {d:+.3f} "
-                     f"(paired over {n} seeds, {int(100 * conf)}% CI [{lo:+.3f}, {hi:+.3f}]) — "
-                     f"difference {verdict} at {int(100 * conf)}%.")
-    table = bracket_table(bracket)
+        lines.append(f"- {split} perplexity, `{parts[1].replace('-', '` minus `')}`: {d:+.3f} "
+                     f"(paired over {summary[f'{base}.n']} seeds, {int(100 * conf)}% bootstrap CI "
+                     f"[{lo:+.3f}, {hi:+.3f}]) — difference {verdict} at {int(100 * conf)}%.")
+    if lines and n_seeds < 5:
+        lines.append(f"- With {n_seeds} seeds a bootstrap interval understates the uncertainty; "
+                     "read the intervals above as the spread over seeds.")
+    table = bracket_table(bracket, split)
     if table is not None and "recovered" in table:
+        gap = (table["none"] - table["oracle"]).mean()
+        lines.append(f"- How much memory can help here: the oracle slot lowers {split} perplexity by "
+                     f"{gap:.3f} ({_pct(gap / table['none'].mean())}) against no memory, on average over variants.")
         for v, r in table["recovered"].items():
             if pd.notna(r):
-                lines.append(f"- `{v}` recovers {_pct(r)} of the perplexity gap between no memory "
-                             f"({table.loc[v, 'none']:.2f}) and the oracle slot ({table.loc[v, 'oracle']:.2f}).")
+                lines.append(f"- `{v}` recovers {_pct(r)} of that gap "
+                             f"(landmark {table.loc[v, 'landmark']:.2f}, none {table.loc[v, 'none']:.2f}, "
+                             f"oracle {table.loc[v, 'oracle']:.2f}).")
     if not sel.empty:
         top1 = sel[(sel["k"] == 1) & (sel["model"] == "trained")]
         for v, g in top1.groupby("variant", sort=False):

@@ -111,8 +111,7 @@ def selection_perplexity(model: TransformerLM, examples: SelectionExamples, batc
         b = {k: v.to(device) for k, v in examples.batch(rows).items()}
         context, target, true_slot = b["context"], b["target"], b["true_slot"]  # [B, N, Ls], [B, T+1], [B]
         bank = model.new_bank(None if shared else len(rows), device)
-        for s in range(N):
-            model.write_memory(context[:, s], bank, slot=s)
+        model.write_memories(context, bank)  # segment s -> slot s
         inputs, labels = target[:, :-1], target[:, 1:]  # [B, T] each
         for m in mixers:
             out = model(inputs, bank=bank, mixer=None if m == "landmark" else m, oracle_slot=true_slot)

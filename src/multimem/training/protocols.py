@@ -142,8 +142,7 @@ class SelectionProtocol:
                 f"{self.model.cfg.memory.num_memories}"
             )
         bank = self.model.new_bank(None if self.shared else B)
-        for s in range(N):
-            self.model.write_memory(context[:, s], bank, slot=s, detach=self.detach)
+        self.model.write_memories(context, bank, detach=self.detach)  # segment s -> slot s
         inputs, labels = target[:, :-1], target[:, 1:]  # [B, T] each
         out = self.model(inputs, bank=bank, oracle_slot=true_slot if self.oracle else None)
         return StepResult(token_loss_sum(out.logits, labels), labels.numel(), memory_stats(out, true_slot))
