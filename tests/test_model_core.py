@@ -247,3 +247,29 @@ def test_write_memories_equals_one_write_per_slot(v2, write):
     model.write_memories(context, every)
     for name in ("M", "z", "key_sum", "tokens", "keys", "key_len"):
         torch.testing.assert_close(getattr(one, name), getattr(every, name), rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_chunked_head_loss_matches_full_logits_value_and_gradients(monkeypatch):
+    import multimem.model as model_module
+
+    monkeypatch.setattr(model_module, "LOSS_CHUNK", 7)  # several chunks, the last one short
+    model = TransformerLM(small("learned"))
+    ids = torch.randint(0, SMALL["vocab_size"], (3, 11))
+    labels = torch.randint(0, SMALL["vocab_size"], (3, 11))
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    bank = _filled(model, 3, 2)
+    full = torch.nn.functional.cross_entropy(model(ids, bank=bank).logits.reshape(-1, SMALL["vocab_size"]),
+                                             labels.reshape(-1), reduction="sum")
+    g_full = grads(full)
+    out = model(ids, bank=bank, labels=labels)
+    assert out.logits is None
+    torch.testing.assert_close(out.loss_sum, full, rtol=1e-6, atol=1e-5)
+    g_chunked = grads(out.loss_sum)
+    assert g_full.keys() == g_chunked.keys()
+    for name in g_full:
+        torch.testing.assert_close(g_chunked[name], g_full[name], rtol=1e-4, atol=1e-7, msg=name)

@@ -134,7 +134,7 @@ def _build_step(spec: dict[str, Any], device: torch.device):
     from multimem.model import TransformerLM
     from multimem.reference_v1 import new_v1_memories, use_reference_layer
     from multimem.training.device import autocast, make_adamw
-    from multimem.training.protocols import token_loss_sum
+    from multimem.training.protocols import loss_sum
 
     model_kw, n, B, S = spec["shape"]
     cfg = ModelConfig(**model_kw, memory=MemoryConfig(num_memories=max(n, 1)),
@@ -157,10 +157,13 @@ def _build_step(spec: dict[str, Any], device: torch.device):
     ids = torch.randint(0, cfg.vocab_size, (B, S + 1), generator=g).to(device)
     amp = autocast(device)
 
-    def mean_loss() -> torch.Tensor:  # as training.protocols: the logits are freed before backward
+    full_logits = path == "reference"  # v1 kept the [B, S, V] logits; the project's loss is chunked
+
+    def mean_loss() -> torch.Tensor:  # as training.protocols
         with amp:
-            out = forward(ids[:, :-1], bank=bank, update_memory=bank is not None)
-        return token_loss_sum(out.logits, ids[:, 1:]) / (B * S)
+            out = forward(ids[:, :-1], bank=bank, update_memory=bank is not None,
+                          labels=None if full_logits else ids[:, 1:])
+        return loss_sum(out, ids[:, 1:]) / (B * S)
 
     def model_step() -> None:
         mean_loss().backward()

@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 from .memory_bank import MemoryBank
@@ -19,9 +21,12 @@ from .pythia_layer import PythiaLayer
 
 
 class LMOutput(NamedTuple):
-    logits: torch.Tensor  # [B, S, V]
+    logits: torch.Tensor | None  # [B, S, V]; None when labels were given (loss_sum instead)
     mix_weights: torch.Tensor | None  # [B, H, S, N] landmark mixing weights of the memory layer
     gate: torch.Tensor | None  # [H] sigmoid(γ): share of the memory readout per head
+    loss_sum: torch.Tensor | None = None  # float32 Σ cross-entropy over tokens, when labels were given
+
+LOSS_CHUNK = 512  # tokens per chunk of the LM head when the loss is computed without full logits
 
 
 class TransformerLM(nn.Module):
@@ -76,8 +81,10 @@ class TransformerLM(nn.Module):
         update_memory: bool = False,
         mixer: str | None = None,
         oracle_slot: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> LMOutput:
-        """input_ids [B, S]; `mixer` overrides the landmark ("oracle", "uniform", "none")."""
+        """input_ids [B, S]; `mixer` overrides the landmark ("oracle", "uniform", "none").
+        With labels [B, S] the output carries loss_sum instead of logits (see `head_loss_sum`)."""
         x = self.embed_in(input_ids)  # [B, S, D]
         w = gate = None
         for i, layer in enumerate(self.layers):
@@ -86,7 +93,26 @@ class TransformerLM(nn.Module):
                 gate = torch.sigmoid(layer.attention.gate)
             else:
                 x = layer(x)
+        if labels is not None:
+            return LMOutput(None, w, gate, self.head_loss_sum(x, labels))
         return LMOutput(self.embed_out(self.final_layer_norm(x)), w, gate)
+
+    def _chunk_loss(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.embed_out(self.final_layer_norm(h)).float()  # [T, V]
+        return F.cross_entropy(logits, labels, reduction="sum")
+
+    def head_loss_sum(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Σ cross-entropy of the LM head on x [B, S, D] against labels [B, S], LOSS_CHUNK tokens at a
+        time with each chunk's logits recomputed in the backward pass: the [B, S, V] logits (412 MB for
+        v1's 70M model at B8 S256) are never held, only one chunk's."""
+        h, y = x.reshape(-1, x.shape[-1]), labels.reshape(-1)  # [T, D], [T]
+        if not torch.is_grad_enabled():
+            return self._chunk_loss(h, y)
+        total = h.new_zeros((), dtype=torch.float32)
+        for i in range(0, y.numel(), LOSS_CHUNK):
+            total = total + checkpoint(self._chunk_loss, h[i : i + LOSS_CHUNK], y[i : i + LOSS_CHUNK],
+                                       use_reentrant=False)
+        return total
 
     def _memory_input(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.memory_layer is None:

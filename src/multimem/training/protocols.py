@@ -53,6 +53,12 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
 
 
+def loss_sum(out: LMOutput, labels: torch.Tensor) -> torch.Tensor:
+    """Σ cross-entropy of a forward pass: the model's chunked loss when it was given labels (training:
+    no [B, S, V] logits kept for backward), else from the logits (validation)."""
+    return out.loss_sum if out.loss_sum is not None else token_loss_sum(out.logits, labels)
+
+
 def memory_stats(out: LMOutput, true_slot: torch.Tensor | None = None) -> dict[str, tuple[float, float]]:
     """Memory diagnostics as (sum, count):
     mix_max   mean over [B, H, S] of the largest mixing weight (1/N uniform .. 1 one-hot);
@@ -102,10 +108,10 @@ class LMProtocol:
         chunks = batch["chunks"]  # [B, L]
         inputs, labels = chunks[:, :-1], chunks[:, 1:]  # [B, L-1] each
         write = self.bank is not None and (training or self.eval_memory == "on")
-        out = self.model(inputs, bank=self.bank, update_memory=write)
+        out = self.model(inputs, bank=self.bank, update_memory=write, labels=labels if training else None)
         if self.bank is not None:
             self.bank.detach()
-        return StepResult(token_loss_sum(out.logits, labels), labels.numel(), memory_stats(out))
+        return StepResult(loss_sum(out, labels), labels.numel(), memory_stats(out))
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.bank is None else {"bank": self.bank.state_dict()}
@@ -144,8 +150,9 @@ class SelectionProtocol:
         bank = self.model.new_bank(None if self.shared else B)
         self.model.write_memories(context, bank, detach=self.detach)  # segment s -> slot s
         inputs, labels = target[:, :-1], target[:, 1:]  # [B, T] each
-        out = self.model(inputs, bank=bank, oracle_slot=true_slot if self.oracle else None)
-        return StepResult(token_loss_sum(out.logits, labels), labels.numel(), memory_stats(out, true_slot))
+        out = self.model(inputs, bank=bank, oracle_slot=true_slot if self.oracle else None,
+                         labels=labels if training else None)
+        return StepResult(loss_sum(out, labels), labels.numel(), memory_stats(out, true_slot))
 
     def state_dict(self) -> dict[str, Any]:
         return {}
