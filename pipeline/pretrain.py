@@ -11,7 +11,6 @@ import sys
 
 from multimem.params import cli_main, load_params
 from multimem.training.ddp import env_dist_info
-from multimem.training.loop import NonFiniteError
 from multimem.training.runs import CHECKPOINT_EVERY, pretrain
 
 
@@ -25,11 +24,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="optimiser steps between mid-epoch checkpoints")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    try:
-        m = pretrain(params, args.prepared, args.out, args.checkpoint_every)
-    except NonFiniteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
+    m = pretrain(params, args.prepared, args.out, args.checkpoint_every)
     if not env_dist_info().is_main:
         return 0
     trained = (f"{m['steps']} steps, best val loss {m['best_val_loss']:.4f} (ppl {m['best_val_ppl']:.2f}) "

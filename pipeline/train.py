@@ -14,7 +14,6 @@ import sys
 from multimem.config import MIXERS
 from multimem.params import cli_main, load_params
 from multimem.training.ddp import env_dist_info
-from multimem.training.loop import NonFiniteError
 from multimem.training.runs import CHECKPOINT_EVERY, train
 
 
@@ -31,11 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="optimiser steps between mid-epoch checkpoints")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    try:
-        s = train(params, args.variant, args.seed, args.data, args.base, args.models, args.checkpoint_every)
-    except NonFiniteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
+    s = train(params, args.variant, args.seed, args.data, args.base, args.models, args.checkpoint_every)
     if not env_dist_info().is_main:
         return 0
     print(f"train: {args.variant} seed {args.seed} ({s['protocol']}), {s['params']:,} parameters, "

@@ -347,3 +347,16 @@ def test_cli_main_exit_codes(tmp_path: Path, arg: str, rc: int, stderr_start: st
     assert res.stderr.startswith(stderr_start) and "Traceback" not in res.stderr
     if arg == "bad":
         assert "model.memory.top_k: 99" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cli_main_exits_with_the_error_classes_code():
+    from multimem.params import cli_main
+    from multimem.training.loop import NonFiniteError
+
+    @cli_main
+    def diverges() -> int:
+        raise NonFiniteError("non-finite training loss (nan) at epoch 1, step 3")
+
+    with pytest.raises(SystemExit) as stop:
+        diverges()
+    assert stop.value.code == 3

@@ -30,7 +30,10 @@ R = TypeVar("R")
 
 
 class UserError(Exception):
-    """An error the user fixes by changing parameters or inputs; printed without a traceback."""
+    """An error the user fixes by changing parameters or inputs; printed without a traceback.
+    `exit_code` is what the pipeline entry point exits with (2 unless a subclass says otherwise)."""
+
+    exit_code = 2
 
 
 class ParamsError(UserError, ValueError):
@@ -354,7 +357,8 @@ def _hf_problems(ref: str, model: dict) -> list[str]:
 
 
 def cli_main(fn: Callable[P, R]) -> Callable[P, R]:
-    """Decorate a pipeline entry point: a UserError prints `error: <message>` and exits 2,
+    """Decorate a pipeline entry point: a UserError prints `error: <message>` and exits with its
+    exit_code (2 for bad parameters or inputs),
     Ctrl-C prints one line and exits 130; neither shows a traceback.
 
         @cli_main
@@ -368,7 +372,7 @@ def cli_main(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+            raise SystemExit(e.exit_code) from None
         except KeyboardInterrupt:
             print(f"interrupted: {Path(sys.argv[0]).name} stopped (Ctrl-C)", file=sys.stderr, flush=True)
             raise SystemExit(130) from None

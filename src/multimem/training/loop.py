@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from multimem.params import UserError
 from multimem.training.batches import batch_rows, epoch_order, steps_per_epoch
 from multimem.training.checkpoint import CheckpointStore, capture_rng, restore_rng
 from multimem.training.ddp import (
@@ -51,8 +52,10 @@ class Batches(Protocol):
     def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]: ...
 
 
-class NonFiniteError(RuntimeError):
-    """A loss or gradient became NaN/inf; training stops rather than skip the step."""
+class NonFiniteError(UserError, RuntimeError):
+    """A loss or gradient became NaN/inf; training stops rather than skip the step (exit 3)."""
+
+    exit_code = 3
 
 
 @dataclass(frozen=True)
