@@ -273,3 +273,16 @@ def test_chunked_head_loss_matches_full_logits_value_and_gradients(monkeypatch):
     assert g_full.keys() == g_chunked.keys()
     for name in g_full:
         torch.testing.assert_close(g_chunked[name], g_full[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("v2", [True, False], ids=["per_example", "shared"])
+def test_folded_readout_equals_weighted_sum_of_every_memory(v2):
+    from multimem.linear_attention import feature_map
+
+    model = TransformerLM(small("learned", v2=v2)).double()
+    bank = _filled(model, 2, 3)
+    att = model.memory_layer.attention
+    q = torch.randn(2, 4, 9, 8, dtype=torch.float64)
+    w = torch.softmax(torch.randn(2, 4, 9, 4, dtype=torch.float64), -1)  # [B, H, S, N]
+    expected = (w.unsqueeze(-1) * att.read(q, bank)).sum(3)  # Σ_n w_n A_n
+    torch.testing.assert_close(att.read_mixed(feature_map(q), w, bank), expected, rtol=1e-10, atol=1e-12)
