@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from multimem.config import MIXERS
+from multimem.model.config import MIXERS
 from multimem.params import cli_main, load_params
 from multimem.training.ddp import env_dist_info
 from multimem.training.runs import CHECKPOINT_EVERY, train

@@ -1,10 +1,10 @@
-"""Aggregation over seeds into the flat DVC metrics summary (multimem.aggregate)."""
+"""Aggregation over seeds into the flat DVC metrics summary (multimem.evaluation.aggregate)."""
 import json
 
 import numpy as np
 import pytest
 
-from multimem.aggregate import (
+from multimem.evaluation.aggregate import (
     SUMMARY_SCHEMA, AggregateError, SummaryError, aggregate_runs, build_summary,
     paired_differences, validate_summary,
 )

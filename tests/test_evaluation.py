@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from multimem.config import LANDMARKS, MemoryConfig, ModelConfig
+from multimem.model.config import LANDMARKS, MemoryConfig, ModelConfig
 from multimem.evaluation.perplexity import lm_perplexity, selection_perplexity
 from multimem.evaluation.selection import Builder, builder_bank, query_scores, selection_accuracy
-from multimem.model import TransformerLM
+from multimem.model.transformer import TransformerLM
 from multimem.training.batches import LMChunks, SelectionExamples
 from multimem.training.protocols import token_loss_sum
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from multimem.aggregate import NAME, validate_summary
+from multimem.evaluation.aggregate import NAME, validate_summary
 from multimem.data.manifest import write_manifest
 from multimem.evaluation.runs import Run, find_runs, initial_model, load_trained
 from multimem.evaluation.report_data import TABLES, learning_curve

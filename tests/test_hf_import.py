@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from multimem.hf_import import CheckpointError, load_gpt_neox
+from multimem.model.hf_import import CheckpointError, load_gpt_neox
 
 
 @pytest.mark.parametrize("rotary_pct", [0.25, 1.0])

@@ -4,7 +4,7 @@ outputs and gradients, in float64 and float32."""
 import pytest
 import torch
 
-from multimem.linear_attention import (
+from multimem.model.linear_attention import (
     causal_linear_attention,
     causal_linear_attention_naive,
     causal_linear_attention_running_sum,

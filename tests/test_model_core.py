@@ -6,9 +6,9 @@ import dataclasses
 import pytest
 import torch
 
-from multimem.config import LANDMARKS, MIXERS, MemoryConfig, ModelConfig
-from multimem.model import TransformerLM
-from multimem.multimem_layer import MultiMemoryAttention
+from multimem.model.config import LANDMARKS, MIXERS, MemoryConfig, ModelConfig
+from multimem.model.transformer import TransformerLM
+from multimem.model.multimem_layer import MultiMemoryAttention
 
 V2 = dict(state="per_example", readout_norm="exact", relevance="per_token", empty="masked",
           assignment="explicit", landmark_norm="mean", score_scale="sqrt_d", encoder_keys="all_writes")
@@ -250,7 +250,7 @@ def test_write_memories_equals_one_write_per_slot(v2, write):
 
 
 def test_chunked_head_loss_matches_full_logits_value_and_gradients(monkeypatch):
-    import multimem.model as model_module
+    import multimem.model.transformer as model_module
 
     monkeypatch.setattr(model_module, "LOSS_CHUNK", 7)  # several chunks, the last one short
     model = TransformerLM(small("learned"))
@@ -277,7 +277,7 @@ def test_chunked_head_loss_matches_full_logits_value_and_gradients(monkeypatch):
 
 @pytest.mark.parametrize("v2", [True, False], ids=["per_example", "shared"])
 def test_folded_readout_equals_weighted_sum_of_every_memory(v2):
-    from multimem.linear_attention import feature_map
+    from multimem.model.linear_attention import feature_map
 
     model = TransformerLM(small("learned", v2=v2)).double()
     bank = _filled(model, 2, 3)

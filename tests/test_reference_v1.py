@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from multimem.config import MemoryConfig, ModelConfig
-from multimem.model import TransformerLM
-from multimem.reference_v1 import ReferenceMultiMemoryLayer, new_v1_memories, use_reference_layer
+from multimem.model.config import MemoryConfig, ModelConfig
+from multimem.model.transformer import TransformerLM
+from multimem.model.reference_v1 import ReferenceMultiMemoryLayer, new_v1_memories, use_reference_layer
 
 SMALL = dict(vocab_size=53, hidden=32, layers=2, heads=4, ffn=64)
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=1e-5, rtol=1e-5)}

@@ -1,9 +1,9 @@
-"""Selection accuracy, ties, confusion and mixing-weight diagnostics (multimem.selection_metrics)."""
+"""Selection accuracy, ties, confusion and mixing-weight diagnostics (multimem.evaluation.selection_metrics)."""
 import numpy as np
 import pytest
 import torch
 
-from multimem.selection_metrics import (
+from multimem.evaluation.selection_metrics import (
     confusion_matrix, mean_max_weight, per_domain_accuracy, predict, selection_report,
     token_top_slot_fraction, topk_accuracy,
 )

@@ -1,8 +1,8 @@
-"""Exact binomial intervals and bootstrap intervals (multimem.stats)."""
+"""Exact binomial intervals and bootstrap intervals (multimem.evaluation.stats)."""
 import numpy as np
 import pytest
 
-from multimem.stats import binomial_p_value, bootstrap_ci, clopper_pearson, paired_difference, summarize
+from multimem.evaluation.stats import binomial_p_value, bootstrap_ci, clopper_pearson, paired_difference, summarize
 
 
 def test_clopper_pearson_v1_selection_result():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from multimem.model import TransformerLM
+from multimem.model.transformer import TransformerLM
 from multimem.training.base_init import BaseMismatchError, init_from_base
 from multimem.training.batches import (
     DataFormatError,

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from multimem.model import TransformerLM
+from multimem.model.transformer import TransformerLM
 from multimem.training.batches import LMChunks, SelectionExamples
 from multimem.training.ddp import DistInfo, destroy_process_group, init_process_group
 from multimem.training.loop import LoopConfig, RunPaths, Trainer

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from multimem.model import TransformerLM
+from multimem.model.transformer import TransformerLM
 from multimem.params import validate_params
 from multimem.training import runs
 from multimem.training.weights import load_model_files

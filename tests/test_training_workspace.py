@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from multimem.config import MemoryConfig, ModelConfig
+from multimem.model.config import MemoryConfig, ModelConfig
 from multimem.integrity import sha256_file, verify_manifest
 from multimem.params import validate_params
 from multimem.training.batches import LMChunks, SelectionExamples

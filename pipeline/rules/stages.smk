@@ -92,7 +92,7 @@ rule evaluate:
 rule report:
     input:
         "pipeline/report.py",
-        "src/multimem/report_tables.py",
+        "src/multimem/evaluation/report_tables.py",
         "notebooks/landmark_report.ipynb",
         f"metrics/{EXP}/summary.json",
     output:

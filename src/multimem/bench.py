@@ -89,7 +89,7 @@ def _reset_peak() -> None:
 
 def model_flops(cfg: Any, batch: int, seq: int) -> float:
     """FLOPs of one training step (the module docstring's formula)."""
-    from multimem.model import TransformerLM
+    from multimem.model.transformer import TransformerLM
 
     with torch.device("meta"):
         model = TransformerLM(cfg)
@@ -104,7 +104,7 @@ def model_flops(cfg: Any, batch: int, seq: int) -> float:
 
 def _build_step(spec: dict[str, Any], device: torch.device):
     """(step function, tokens per step, FLOPs per step, parameters) for one configuration."""
-    from multimem.linear_attention import (
+    from multimem.model.linear_attention import (
         causal_linear_attention,
         causal_linear_attention_running_sum,
         feature_map,
@@ -130,9 +130,9 @@ def _build_step(spec: dict[str, Any], device: torch.device):
 
         return op_step, B * S, 12.0 * B * H * S * d * d, 0
 
-    from multimem.config import MemoryConfig, ModelConfig
-    from multimem.model import TransformerLM
-    from multimem.reference_v1 import new_v1_memories, use_reference_layer
+    from multimem.model.config import MemoryConfig, ModelConfig
+    from multimem.model.transformer import TransformerLM
+    from multimem.model.reference_v1 import new_v1_memories, use_reference_layer
     from multimem.training.device import autocast, make_adamw
     from multimem.training.protocols import loss_sum
 

@@ -4,5 +4,9 @@
     perplexity    perplexity under the experiment's memory protocol (lm: v1 validation; selection: N slots)
     selection     the memory builder's bank and landmark scores of held-out queries (selection accuracy)
     report_data   the plot tables (learning curves, PPL bracket, selection accuracy, confusion)
+    stats         seed statistics: intervals, paired differences, Clopper–Pearson
+    selection_metrics  selection accuracy, per-domain accuracy, confusion, mixing-weight diagnostics
+    aggregate     per-run metrics -> the experiment summary (seed aggregates, paired differences)
+    report_tables the report's tables and computed conclusions
     stage         every (variant, seed) -> metrics/<experiment>/ runs/*.json, summary.json, plots/*.csv
 """

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from multimem.model import TransformerLM
-from multimem.selection_metrics import mean_max_weight, token_top_slot_fraction
+from multimem.model.transformer import TransformerLM
+from multimem.evaluation.selection_metrics import mean_max_weight, token_top_slot_fraction
 from multimem.training.batches import DataFormatError, LMChunks, SelectionExamples, batch_rows, steps_per_epoch
 from multimem.training.loop import perplexity
 from multimem.training.protocols import LMProtocol, token_loss_sum

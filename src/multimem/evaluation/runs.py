@@ -19,8 +19,8 @@ from typing import Any, Sequence
 
 from safetensors.torch import load_file
 
-from multimem.config import ModelConfig
-from multimem.model import TransformerLM
+from multimem.model.config import ModelConfig
+from multimem.model.transformer import TransformerLM
 from multimem.params import UserError
 from multimem.training.base_init import init_from_base
 from multimem.training.device import seed_everything

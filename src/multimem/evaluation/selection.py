@@ -11,7 +11,7 @@ or a per-example bank of one example). Each query is scored against every slot w
 `model.memory_scores` -> [Q, N]. A per-example bank of one example is scored as it is, broadcast over
 the query batch: the same scores as its `bank.repeat(Q)` copy (tested), without recomputing the
 landmark once per query (hsa_encoder's encoder would run Q times). Each query's label is the slot holding its
-domain; `multimem.selection_metrics.selection_report` turns scores and labels into top-k accuracy
+domain; `multimem.evaluation.selection_metrics.selection_report` turns scores and labels into top-k accuracy
 with exact Clopper–Pearson intervals against chance 1/N, per-domain accuracy and a confusion matrix.
 """
 
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from multimem.memory_bank import MemoryBank
-from multimem.model import TransformerLM
-from multimem.selection_metrics import selection_report
+from multimem.model.memory_bank import MemoryBank
+from multimem.model.transformer import TransformerLM
+from multimem.evaluation.selection_metrics import selection_report
 from multimem.training.batches import DataFormatError
 
 QUERY_BATCH = 128  # queries scored per forward pass

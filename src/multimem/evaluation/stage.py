@@ -2,7 +2,7 @@
 models/ -> metrics/<experiment>/ (written whole, atomically; params["experiment"] names it):
 
     runs/<variant>-seed<k>.json   one flat record per run (keys below)
-    summary.json                  multimem.aggregate.build_summary over seeds: <variant>.<metric>.{mean,
+    summary.json                  multimem.evaluation.aggregate.build_summary over seeds: <variant>.<metric>.{mean,
                                   std,ci_lo,ci_hi,n} and diff.<variant>-<baseline>.<metric>.{...}, baseline
                                   memory_norm (else the first variant evaluated); SUMMARY_METRICS only
     plots/*.csv                   multimem.evaluation.report_data.TABLES
@@ -34,9 +34,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from multimem.aggregate import build_summary
+from multimem.evaluation.aggregate import build_summary
 from multimem.atomic import atomic_dir, write_json_atomic, write_text_atomic
-from multimem.config import LANDMARKS
+from multimem.model.config import LANDMARKS
 from multimem.evaluation.perplexity import lm_perplexity, selection_perplexity
 from multimem.evaluation.report_data import TABLES, accuracy_rows, confusion_rows, learning_curve, to_csv
 from multimem.evaluation.runs import Run, RunError, find_runs, initial_model, load_trained

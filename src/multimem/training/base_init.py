@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from multimem.config import ModelConfig
-from multimem.model import TransformerLM
+from multimem.model.config import ModelConfig
+from multimem.model.transformer import TransformerLM
 from multimem.params import UserError
 
 SHAPE_KEYS = ("vocab_size", "hidden", "layers", "heads", "ffn")

@@ -19,7 +19,7 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
-from multimem.memory_bank import MemoryBank
+from multimem.model.memory_bank import MemoryBank
 from multimem.training.batches import Shard
 
 

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from multimem.memory_bank import MemoryBank
-from multimem.model import LMOutput, TransformerLM
+from multimem.model.memory_bank import MemoryBank
+from multimem.model.transformer import LMOutput, TransformerLM
 from multimem.params import UserError
 
 PROTOCOLS = ("lm", "selection")

@@ -3,7 +3,7 @@
 pretrain (params `pretrain`; optimiser settings weight_decay, grad_clip, threads, device from `train`)
     init scratch       a seeded random all-Pythia TransformerLM (memory_layer None), not trained (v1)
     init pretrain      the same, trained on data/prepared/lm_train.npy (val: lm_val.npy)
-    init hf:<ref>      multimem.hf_import.load_gpt_neox(ref), fine-tuned when pretrain.epochs > 0
+    init hf:<ref>      multimem.model.hf_import.load_gpt_neox(ref), fine-tuned when pretrain.epochs > 0
     -> models/base/ model.safetensors (best val epoch), config.json, metrics.json, manifest.json
        (+ checkpoints/, live/, train_summary.json when trained)
 train (params `train`, one run per --variant and --seed)
@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from multimem.atomic import write_json_atomic
-from multimem.config import ModelConfig
+from multimem.model.config import ModelConfig
 from multimem.integrity import sha256_file, verify_manifest
-from multimem.model import TransformerLM
+from multimem.model.transformer import TransformerLM
 from multimem.training.base_init import init_from_base
 from multimem.training.batches import LMChunks, SelectionExamples
 from multimem.training.ddp import DistInfo, destroy_process_group, env_dist_info, init_process_group
@@ -72,7 +72,7 @@ def pretrain(
     try:
         init = p["init"]
         if init.startswith("hf:"):
-            from multimem.hf_import import load_gpt_neox
+            from multimem.model.hf_import import load_gpt_neox
 
             model = load_gpt_neox(init[3:])
         else:

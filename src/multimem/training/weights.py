@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from multimem.atomic import atomic_path
-from multimem.config import ModelConfig
+from multimem.model.config import ModelConfig
 from multimem.integrity import IntegrityError
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"

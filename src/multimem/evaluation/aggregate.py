@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import jsonschema
 
-from multimem.stats import paired_difference, summarize
+from multimem.evaluation.stats import paired_difference, summarize
 
 NAME = r"[A-Za-z0-9_]+"
 _NAME_RE = re.compile(NAME)

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .config import MEMORY_SWITCHES, ModelConfig
 from .linear_attention import causal_linear_attention_running_sum, feature_map
-from .model import TransformerLM
+from .transformer import TransformerLM
 from .multimem_layer import MemoryReadout
 from .pythia_layer import MLP
 

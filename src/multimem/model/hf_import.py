@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .config import ModelConfig
-from .model import TransformerLM
+from .transformer import TransformerLM
 
 
 class CheckpointError(ValueError):
@@ -49,7 +49,7 @@ def load_gpt_neox(path_or_id: str) -> TransformerLM:
     from transformers import AutoConfig, GPTNeoXForCausalLM
 
     if not os.path.isdir(path_or_id):
-        from .hub import require_hub
+        from ..hub import require_hub
 
         require_hub(f"pretrained weights {path_or_id!r}")
     hf_config = AutoConfig.from_pretrained(path_or_id)

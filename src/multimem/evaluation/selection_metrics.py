@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from multimem.stats import binomial_p_value, clopper_pearson
+from multimem.evaluation.stats import binomial_p_value, clopper_pearson
 
 
 def _to_numpy(x: Any) -> np.ndarray:
