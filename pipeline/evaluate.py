@@ -14,6 +14,7 @@ from pathlib import Path
 
 from multimem.evaluation.stage import Paths, evaluate
 from multimem.params import cli_main, load_params
+from multimem.training.loop import ppl_text
 
 
 @cli_main
@@ -33,10 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     parts = []
     for v in variants:
         ppl = s.get(f"{v}.{split}_ppl.mean")
-        top1 = s.get(f"{v}.sel_trained_top1.mean")
-        parts.append(v + (f" {split} ppl {ppl:.2f}" if ppl is not None else "")
-                     + (f", top-1 {top1:.1%}" if top1 is not None else ""))
+        acc = s.get(f"{v}.{split}_acc.mean") if params["memories"]["task"] == "recall" else None
+        top1 = s.get(f"{v}.task_sel_acc.mean", s.get(f"{v}.sel_trained_top1.mean"))
+        parts.append(v + (f" {split} value acc {acc:.1%}" if acc is not None else
+                          f" {split} ppl {ppl_text(ppl)}" if ppl is not None else "")
+                     + (f", selection {top1:.1%}" if top1 is not None else ""))
     missing = f"; missing runs: {', '.join(out['missing'])}" if out["missing"] else ""
+    missing += f"; failed runs (oracle start missed its gate): {', '.join(out['failed'])}" if out["failed"] else ""
     print(f"evaluate: {len(out['records'])} runs ({'; '.join(parts)}){missing}; "
           f"{time.perf_counter() - start:.1f} s -> {out['out']}")
     return 0

@@ -11,6 +11,7 @@ import yaml
 
 from multimem.data import DataError, Documents, build_memories, prepare
 from multimem.integrity import IntegrityError
+from pipeline_helpers import BASE_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 N, SEG, TGT = 11, 16, 16
@@ -18,10 +19,11 @@ N, SEG, TGT = 11, 16, 16
 
 @pytest.fixture(scope="module")
 def params():
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["data"].update(max_documents=300, vocab_size=512, chunk_len=32)
-    p["memories"].update(num_memories=N, segment_len=SEG, target_len=TGT, examples_train=200, examples_val=60,
-                         examples_test=60, builder_tokens=64, queries_per_domain=5, query_len=16)
+    p = yaml.safe_load(BASE_PARAMS.read_text())
+    p["data"].update(max_documents=800, vocab_size=512, chunk_len=32)
+    p["memories"].update(task="continuation", num_memories=N, segment_len=SEG, target_len=TGT, examples_train=200,
+                         examples_val=30, examples_test=30, builder_tokens=64, queries_per_domain=5, query_len=16)
+    p["model"]["memory"]["num_memories"] = N
     return p
 
 
@@ -60,22 +62,27 @@ def test_target_follows_the_true_segment_in_its_own_document(built, code, split)
     assert ex["context"].shape == (e, N, SEG) and ex["context"].dtype == np.int32
     assert ex["target"].shape == (e, TGT + 1) and ex["target"].dtype == np.int32
     assert ex["true_slot"].dtype == np.int64 and ex["slot_domain"].dtype == np.int16
+    eos = json.loads((tmp / "prepared" / "manifest.json").read_text())["tokenizer"]["eos_id"]
+    used = []
     for i in range(e):
         slot, domains = ex["true_slot"][i], ex["slot_domain"][i]
         assert len(set(domains.tolist())) == N  # one slot per distinct domain
-        assert ex["target"][i, 0] == ex["context"][i, slot, -1]
+        assert ex["target"][i, 0] == eos  # no shortcut: the target does not start with the segment's last token
         passage = np.concatenate([ex["context"][i, slot], ex["target"][i, 1:]])  # segment then target, contiguous
         own = np.flatnonzero((docs.split == code) & (docs.domain == domains[slot]))
-        assert source_docs(passage, docs, own), f"example {i}: target does not follow its segment in a document"
+        found = source_docs(passage, docs, own)
+        assert found, f"example {i}: target does not follow its segment in a document"
+        used.append(found[0])
         other = 0 if slot else 1
         own_other = np.flatnonzero((docs.split == code) & (docs.domain == domains[other]))
         assert source_docs(ex["context"][i, other], docs, own_other)  # distractor from its own domain and split
+    assert len(set(used)) == len(used)  # target documents drawn without replacement
 
 
 def test_true_slot_covers_every_slot(built):
     tmp, _ = built
     manifest = json.loads((tmp / "memories" / "manifest.json").read_text())
-    for split, n in (("train", 200), ("val", 60), ("test", 60)):
+    for split, n in (("train", 200), ("val", 30), ("test", 30)):
         slots = load(tmp / "memories" / f"selection_{split}.npz")["true_slot"]
         counts = np.bincount(slots, minlength=N)
         assert len(slots) == n and counts.sum() == n and manifest["true_slot_counts"][split] == counts.tolist()
@@ -134,7 +141,7 @@ def test_fewer_memories_than_domains_choose_domains_per_example(built, params, t
 
 def test_shuffled_chunks_data_gets_a_document_split_for_the_tasks(params, tmp_path):
     v1 = yaml.safe_load((ROOT / "experiments" / "landmark_v1-demo.yaml").read_text())
-    prepare({**v1["data"], "max_documents": 300, "vocab_size": 512}, tmp_path / "prepared")
+    prepare({**v1["data"], "max_documents": 800, "vocab_size": 512}, tmp_path / "prepared")
     manifest = build_memories({**v1["memories"], "examples_train": 50, "examples_val": 20}, tmp_path / "prepared",
                               tmp_path / "memories")
     assert manifest["document_split"].startswith("by document")

@@ -13,12 +13,13 @@ from multimem.data import Documents, LeakageError
 from multimem.data.splits import check_leakage, shuffled_chunks, split_documents, text_hash
 from multimem.data.tokenizer import PYTHIA, build_tokenizer
 from multimem.hub import HubUnavailable
+from pipeline_helpers import BASE_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"max_documents": 300, "vocab_size": 512, "chunk_len": 32}
 
 
-def small_params(tmp_path: Path, preset: str = "params.yaml", **data) -> Path:
+def small_params(tmp_path: Path, preset: str | Path = BASE_PARAMS, **data) -> Path:
     params = yaml.safe_load((ROOT / preset).read_text())
     params["data"].update(SMALL, **data)
     path = tmp_path / "params.yaml"
@@ -26,7 +27,7 @@ def small_params(tmp_path: Path, preset: str = "params.yaml", **data) -> Path:
     return path
 
 
-def run_prepare(tmp_path: Path, out: str = "prepared", preset: str = "params.yaml", **data) -> dict:
+def run_prepare(tmp_path: Path, out: str = "prepared", preset: str | Path = BASE_PARAMS, **data) -> dict:
     main = runpy.run_path(str(ROOT / "pipeline" / "prepare.py"))["main"]
     assert main(["--params", str(small_params(tmp_path, preset, **data)), "--out", str(tmp_path / out)]) == 0
     return json.loads((tmp_path / out / "manifest.json").read_text())

@@ -19,6 +19,7 @@ from multimem.evaluation.runs import Run, find_runs, initial_model, load_trained
 from multimem.evaluation.report_data import TABLES, learning_curve
 from multimem.params import load_params
 from multimem.training.runs import pretrain, train
+from pipeline_helpers import BASE_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ["Arts", "Everyday life", "History", "Physical sciences"]
@@ -57,7 +58,7 @@ def _write_data(root: Path, lm_test_rows: int) -> None:
 
 
 def _params(root: Path, protocol: str, variants: list[str], seeds: list[int], **train_changes) -> Path:
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p = yaml.safe_load(BASE_PARAMS.read_text())
     p["experiment"] = f"tiny_{protocol}"
     p["model"].update(TINY_MODEL)
     p["model"]["memory"].update(TINY_MEMORY)

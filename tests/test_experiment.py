@@ -35,8 +35,6 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_new_makes_branch_with_preset_params(repo: Path) -> None:
-    (repo / "notes.txt").write_text("staged, not part of the experiment commit")
-    git(repo, "add", "notes.txt")
     main(["new", "landmark_v1-demo"])
     assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "exp/landmark_v1-demo"
     assert (repo / "params.yaml").read_bytes() == (repo / "experiments/landmark_v1-demo.yaml").read_bytes()
@@ -44,7 +42,7 @@ def test_new_makes_branch_with_preset_params(repo: Path) -> None:
         "experiment landmark_v1-demo: params from experiments/landmark_v1-demo.yaml")
     assert git(repo, "show", "--name-only", "--format=", "HEAD") == "params.yaml"
     assert git(repo, "show", "main:params.yaml") == (ROOT / "params.yaml").read_text().strip()
-    assert git(repo, "diff", "--cached", "--name-only") == "notes.txt"
+    assert git(repo, "status", "--porcelain") == ""
 
 
 def test_new_with_branch_option_and_unchanged_params(repo: Path) -> None:
@@ -57,11 +55,13 @@ def test_new_with_branch_option_and_unchanged_params(repo: Path) -> None:
     (lambda r: git(r, "branch", "exp/landmark_v1"), ["new", "landmark_v1"], "branch 'exp/landmark_v1' already exists"),
     (lambda r: (r / "params.yaml").write_text("experiment: x\n"), ["new", "landmark_v1"],
      "params.yaml has uncommitted changes"),
+    (lambda r: ((r / "notes.txt").write_text("x"), git(r, "add", "notes.txt")), ["new", "landmark_v1"],
+     "notes.txt has uncommitted changes, which would travel to the new branch"),
     (lambda r: None, ["new", "landmark_v3"], "preset 'landmark_v3' not found"),
     (lambda r: (r / "experiments/bad.yaml").write_text(
         (r / "params.yaml").read_text().replace("top_k: 0 ", "top_k: 99")),
      ["new", "bad"], "experiments/bad.yaml: model.memory.top_k: 99"),
-], ids=["branch-exists", "params-modified", "unknown-preset", "invalid-preset"])
+], ids=["branch-exists", "params-modified", "staged-file", "unknown-preset", "invalid-preset"])
 def test_new_refuses_with_clear_error(repo: Path, capsys: pytest.CaptureFixture, setup, args: list[str],
                                       fragment: str) -> None:
     setup(repo)

@@ -1,8 +1,8 @@
-"""Exact binomial intervals and bootstrap intervals (multimem.evaluation.stats)."""
+"""Exact binomial intervals and Student-t intervals over seeds (multimem.evaluation.stats)."""
 import numpy as np
 import pytest
 
-from multimem.evaluation.stats import binomial_p_value, bootstrap_ci, clopper_pearson, paired_difference, summarize
+from multimem.evaluation.stats import binomial_p_value, clopper_pearson, paired_difference, summarize, t_interval
 
 
 def test_clopper_pearson_v1_selection_result():
@@ -38,57 +38,58 @@ def test_binomial_p_value_v1_selection_result():
         binomial_p_value(4, 20, 0.25, "bigger")
 
 
-def test_bootstrap_ci_degenerate_inputs():
-    assert bootstrap_ci([3.5]) == (3.5, 3.5)
-    assert bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
-    lo, hi = bootstrap_ci([1.0, 2.0], n_resamples=200)
-    assert 1.0 <= lo < hi <= 2.0
+def test_t_interval_matches_the_textbook_formula_and_degenerates():
+    x = [1.0, 2.0, 3.0, 6.0]
+    iv = t_interval(x, 0.95)
+    half = 3.182446305 * np.std(x, ddof=1) / 2.0  # t_{3, 0.975} * s / sqrt(4)
+    assert iv.mean == 3.0 and iv.n == 4
+    assert iv.lo == pytest.approx(3.0 - half) and iv.hi == pytest.approx(3.0 + half)
+    assert t_interval([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0, 3)  # zero spread: degenerate, no evidence
+    one = t_interval([3.5])
+    assert one.mean == 3.5 and np.isnan(one.lo) and np.isnan(one.hi) and one.n == 1
     with pytest.raises(ValueError):
-        bootstrap_ci([])
+        t_interval([])
     with pytest.raises(ValueError):
-        bootstrap_ci([1.0, float("nan")])
+        t_interval([1.0, float("nan")])
+    with pytest.raises(ValueError):
+        t_interval([1.0, 2.0], confidence=1.0)
 
 
-def test_bootstrap_ci_deterministic_for_a_seed():
-    x = np.random.default_rng(1).normal(size=12)
-    assert bootstrap_ci(x, seed=3, n_resamples=300) == bootstrap_ci(x, seed=3, n_resamples=300)
-    assert bootstrap_ci(x, seed=3, n_resamples=300) != bootstrap_ci(x, seed=4, n_resamples=300)
-
-
-def test_bootstrap_ci_coverage_on_normal_samples():
-    rng = np.random.default_rng(0)
-    covered = 0
-    for i in range(200):
-        lo, hi = bootstrap_ci(rng.normal(0.0, 1.0, size=30), 0.95, n_resamples=400, seed=i)
-        covered += lo <= 0.0 <= hi
-    assert 0.88 <= covered / 200 <= 0.99
+def test_t_interval_is_wider_than_a_bootstrap_at_three_seeds():
+    """The 3-seed bootstrap this replaces was narrow: t_{2} = 4.30 against roughly z = 1.96."""
+    iv = t_interval([1.0, 2.0, 3.0])
+    assert iv.hi - iv.lo == pytest.approx(2 * 4.302652730 * 1.0 / np.sqrt(3))
 
 
 def test_summarize():
-    s = summarize([1.0, 2.0, 3.0, 6.0], n_resamples=300)
+    s = summarize([1.0, 2.0, 3.0, 6.0])
     assert s["mean"] == 3.0 and s["n"] == 4
     assert s["std"] == pytest.approx(np.std([1, 2, 3, 6], ddof=1))
     assert s["ci_lo"] < 3.0 < s["ci_hi"]
-    assert summarize([7.0]) == {"mean": 7.0, "std": 0.0, "ci_lo": 7.0, "ci_hi": 7.0, "n": 1}
+    one = summarize([7.0])
+    assert one["mean"] == 7.0 and one["n"] == 1 and all(np.isnan(one[k]) for k in ("std", "ci_lo", "ci_hi"))
 
 
 def test_paired_difference_detects_consistent_shift():
     rng = np.random.default_rng(0)
     base = rng.normal(100.0, 5.0, size=8)  # large between-seed spread
     shifted = base - 2.0 + rng.normal(0.0, 0.3, size=8)  # small consistent improvement
-    d = paired_difference(shifted, base, n_resamples=500)
-    assert d["significant"] and d["ci_hi"] < 0.0 and d["n"] == 8
+    d = paired_difference(shifted, base)
+    assert d["significant"] and d["ci_hi"] < 0.0 and d["n"] == 8 and d["p"] < 1e-6
     assert d["mean_diff"] == pytest.approx(-2.0, abs=0.5)
 
 
 def test_paired_difference_does_not_flag_noise():
     rng = np.random.default_rng(0)
     a, b = rng.normal(0.0, 1.0, size=(2, 10))
-    d = paired_difference(a, b, n_resamples=500, seed=0)
-    assert not d["significant"] and d["ci_lo"] < 0.0 < d["ci_hi"]
+    d = paired_difference(a, b)
+    assert not d["significant"] and d["ci_lo"] < 0.0 < d["ci_hi"] and d["p"] > 0.05
 
 
-def test_paired_difference_single_pair_never_significant_and_lengths_checked():
-    assert paired_difference([2.0], [1.0])["significant"] is False
+def test_paired_difference_single_pair_or_zero_spread_never_significant():
+    one = paired_difference([2.0], [1.0])
+    assert one["significant"] is False and np.isnan(one["p"]) and np.isnan(one["ci_lo"])
+    flat = paired_difference([1.5, 2.5, 3.5], [1.0, 2.0, 3.0])  # the same +0.5 on every seed
+    assert flat["significant"] is False and np.isnan(flat["p"]) and flat["ci_lo"] == flat["ci_hi"] == 0.5
     with pytest.raises(ValueError, match="equal length"):
         paired_difference([1.0, 2.0], [1.0])

@@ -14,6 +14,7 @@ from multimem.model.config import MemoryConfig, ModelConfig
 from multimem.integrity import sha256_file, verify_manifest
 from multimem.params import validate_params
 from multimem.training.batches import LMChunks, SelectionExamples
+from pipeline_helpers import BASE_PARAMS
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB, N_MEM, SEG, TGT, CHUNK = 256, 4, 8, 8, 17  # vocab: the params schema minimum
@@ -75,15 +76,16 @@ def write_data(root: Path, n_train: int = 64, n_val: int = 16) -> None:
 
 
 def tiny_params(protocol: str = "selection", **train) -> dict:
-    """The repository's params.yaml, shrunk to the tiny model and data; `train` overrides train.*."""
-    p = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
+    """Main's preset (BASE_PARAMS), shrunk to the tiny model and data; `train` overrides train.*."""
+    p = copy.deepcopy(yaml.safe_load(BASE_PARAMS.read_text()))
     p["data"]["vocab_size"] = VOCAB
-    p["memories"]["num_memories"] = N_MEM
+    p["memories"].update(num_memories=N_MEM, task="continuation")  # the tiny data are continuation examples
     p["model"].update(TINY_MODEL, layernorm="separate")
     p["model"]["memory"].update(num_memories=N_MEM, encoder_capacity=16, encoder_heads=2, encoder_ffn=32,
                                 **(V1_MEMORY if protocol == "lm" else V2_MEMORY))
     p["pretrain"].update(init="scratch", epochs=1, batch_size=8, lr=0.01, max_steps=4, seed=0)
-    p["train"].update(protocol=protocol, epochs=2, patience=2, batch_size=8, lr=0.01, threads=1, device="cpu",
+    p["train"].update(protocol=protocol, init_from="base", epochs=2, patience=2, batch_size=8, lr=0.01, threads=1,
+                      device="cpu",
                       grad_clip=1.0, max_steps_per_epoch=0,
                       eval_memory="off" if protocol == "lm" else "on",
                       write_grad="detached" if protocol == "lm" else "differentiable")

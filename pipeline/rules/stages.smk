@@ -1,14 +1,24 @@
 # Rules of the Snakefile, one per stage of dvc.yaml (file outputs, so Snakemake sees each result).
+# The default target, rule all, is in the Snakefile (Snakemake takes it only from there).
 
 
-rule all:
+rule validate:  # the Snakefile already validated params.yaml; this writes the stamp every rule reads
     input:
-        f"reports/{EXP}.html",
+        "pipeline/validate.py",
+    output:
+        "data/validated.json",
+    conda:
+        ENV
+    log:
+        "logs/validate.log",
+    shell:
+        CMD.format(stage="validate") + " > {log} 2>&1"
 
 
 rule prepare:
     input:
         "pipeline/prepare.py",
+        "data/validated.json",
     output:
         "data/prepared/manifest.json",
     params:
@@ -24,6 +34,7 @@ rule prepare:
 rule build_memories:
     input:
         "pipeline/build_memories.py",
+        "data/validated.json",
         "data/prepared/manifest.json",
     output:
         "data/memories/manifest.json",
@@ -40,6 +51,7 @@ rule build_memories:
 rule pretrain:
     input:
         "pipeline/pretrain.py",
+        "data/validated.json",
         "data/prepared/manifest.json",
     output:
         "models/base/config.json",
@@ -56,6 +68,7 @@ rule pretrain:
 rule train:
     input:
         "pipeline/train.py",
+        "data/validated.json",
         "data/memories/manifest.json",
         "models/base/config.json",
     output:
@@ -75,6 +88,7 @@ rule train:
 rule evaluate:
     input:
         "pipeline/evaluate.py",
+        "data/validated.json",
         "data/memories/manifest.json",
         [f"models/{v}/seed{s}/train_summary.json" for v, s in RUNS],
     output:
@@ -92,6 +106,7 @@ rule evaluate:
 rule report:
     input:
         "pipeline/report.py",
+        "data/validated.json",
         "src/multimem/evaluation/report_tables.py",
         "notebooks/landmark_report.ipynb",
         f"metrics/{EXP}/summary.json",

@@ -3,24 +3,73 @@
 Everything is built under a hidden temporary name in the destination's own directory (same
 filesystem, so `os.replace` is an atomic rename) and renamed into place only when the block exits
 without an exception. On any exception, KeyboardInterrupt included, the temporary is removed and the
-previous output, if any, is left untouched.
+previous output, if any, is left untouched. A temporary left by a killed process (its name carries the
+writer's pid) is removed by the next write of the same output. `lock_folder` keeps a second process out
+of a folder another one is writing.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from multimem.params import UserError
 
 
 def _sibling(path: Path, tag: str) -> Path:
-    """An unused hidden name beside `path` keeping its suffix (np.save / np.savez append a missing one)."""
-    return path.with_name(f".{path.stem}.{tag}-{secrets.token_hex(4)}{path.suffix}")
+    """An unused hidden name beside `path` keeping its suffix (np.save / np.savez append a missing one);
+    it carries this process's pid, so a later writer can tell a dead writer's leftover."""
+    return path.with_name(f".{path.stem}.{tag}-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale(path: str | Path) -> None:
+    """Remove the temporaries of `path` (`.<stem>.tmp-<pid>-*`) whose writer is no longer running; if a
+    killed atomic_dir left the previous output aside (`.<stem>.old-<pid>-*`) and `path` is gone, put it back."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.(tmp|old)-(?:(\d+)-)?[0-9a-f]{{8}}{re.escape(path.suffix)}")
+    if not path.parent.is_dir():
+        return
+    for entry in sorted(path.parent.iterdir()):
+        m = pattern.fullmatch(entry.name)
+        if m is None or (m.group(2) and int(m.group(2)) != os.getpid() and _alive(int(m.group(2)))):
+            continue
+        if m.group(1) == "old" and not (path.exists() or path.is_symlink()):
+            os.replace(entry, path)
+        else:
+            _remove(entry)
+
+
+def lock_folder(folder: str | Path) -> IO:
+    """Lock `folder` (creating it) for this process: an exclusive flock on folder/.lock, held until the
+    returned file is closed or the process ends. A UserError if another process holds it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / ".lock", "a")  # noqa: SIM115 - closed by the caller (or at exit)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"{folder} is being written by another process (it holds {folder / '.lock'}); "
+                        "wait for it to finish or stop it, then rerun") from None
+    return handle
 
 
 def _remove(path: Path) -> None:
@@ -55,6 +104,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)
     tmp = _sibling(path, "tmp")
     try:
         yield tmp
@@ -77,6 +127,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)
     tmp = _sibling(path, "tmp")
     tmp.mkdir()
     try:

@@ -2,16 +2,23 @@
 
     python -m multimem.experiment list
     python -m multimem.experiment new landmark_v1 [--branch exp/landmark_v1]
+    python -m multimem.experiment check
 
-`new` validates experiments/<preset>.yaml, creates the branch from the current HEAD, copies the preset
-to params.yaml and commits only that file. `dvc params diff exp/landmark_v1 exp/landmark_v2` then
-lists what differs between two experiments.
+`new` validates experiments/<preset>.yaml and refuses a work tree with uncommitted changes (they would
+travel to the new branch), then creates the branch from the current HEAD with one commit: params.yaml =
+the preset, and the previous experiment's results (metrics/, reports/<experiment>.html) removed, so the
+branch holds only its own experiment once `dvc repro` has run. `dvc params diff exp/landmark_v1
+exp/landmark_v2` then lists what differs between two experiments.
+`check` fails when dvc.lock no longer records the code, params.yaml or results of the work tree
+(CI runs it: committed results must come from the committed code).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -21,6 +28,7 @@ from multimem.params import ParamsError, UserError, cli_main, load_params
 
 PRESETS_DIR = "experiments"
 PARAMS_FILE = "params.yaml"
+RESULTS = "metrics"  # every experiment's results live here (and in reports/<experiment>.html)
 
 
 class ExperimentError(UserError):
@@ -66,7 +74,7 @@ def new_experiment(preset: str, branch: str | None = None, root: Path | None = N
     """Create branch `branch` (default exp/<preset>) with params.yaml = the preset; return the branch."""
     root = repo_root() if root is None else root
     source = preset_path(preset, root)
-    load_params(source)
+    experiment = load_params(source)["experiment"]
     name = source.stem
     branch = branch or f"exp/{name}"
     _git(root, "check-ref-format", "--branch", branch)
@@ -78,31 +86,60 @@ def new_experiment(preset: str, branch: str | None = None, root: Path | None = N
                       capture_output=True, check=False).returncode == 0:
         raise ExperimentError(f"branch {branch!r} already exists; pass --branch <new name>, "
                               f"or delete it first (git branch -D {branch})")
-    if _git(root, "status", "--porcelain", "--untracked-files=all", "--", PARAMS_FILE):
-        raise ExperimentError(f"{PARAMS_FILE} has uncommitted changes; commit or stash them first "
-                              f"(git stash push {PARAMS_FILE})")
+    dirty = [line[2:].strip() for line in _git(root, "status", "--porcelain", "--untracked-files=all").splitlines()]
+    if dirty:
+        shown = ", ".join(dirty[:4]) + (f" and {len(dirty) - 4} more" if len(dirty) > 4 else "")
+        raise ExperimentError(
+            f"{shown} {'has' if len(dirty) == 1 else 'have'} uncommitted changes, which would travel to the new "
+            "branch; commit them where they belong (git add -A && git commit), or discard them (git restore "
+            "--staged --worktree . for changes; delete untracked files or list them in .gitignore)")
     params = root / PARAMS_FILE
     original = params.read_bytes() if params.exists() else None
+    previous = (yaml.safe_load(original) or {}).get("experiment") if original else None
     start = _git(root, "rev-parse", "--abbrev-ref", "HEAD")  # "HEAD" when detached
     start_args = ["--detach", _git(root, "rev-parse", "HEAD")] if start == "HEAD" else [start]
     _git(root, "switch", "--quiet", "-c", branch)
     try:
         write_text_atomic(params, source.read_text(encoding="utf-8"))
         _git(root, "add", "--", PARAMS_FILE)
+        if previous and previous != experiment:  # results of another experiment do not belong on this branch
+            _git(root, "rm", "-r", "--quiet", "--ignore-unmatch", "--", RESULTS, f"reports/{previous}.html")
         full, top = source.resolve(), root.resolve()
         shown = full.relative_to(top) if full.is_relative_to(top) else source
-        _git(root, "commit", "--quiet", "--allow-empty", "-m",
-             f"experiment {name}: params from {shown}", "--", PARAMS_FILE)
-    except BaseException:
+        _git(root, "commit", "--quiet", "--allow-empty", "-m", f"experiment {name}: params from {shown}")
+    except BaseException:  # the tree was clean: restore it, go back, drop the branch
+        subprocess.run(["git", "reset", "--quiet", "--hard"], cwd=root, capture_output=True, check=False)
         if original is None:
             params.unlink(missing_ok=True)
-        else:
-            params.write_bytes(original)
-        subprocess.run(["git", "reset", "--quiet", "--", PARAMS_FILE], cwd=root, capture_output=True, check=False)
         subprocess.run(["git", "switch", "--quiet", *start_args], cwd=root, capture_output=True, check=False)
         subprocess.run(["git", "branch", "-D", branch], cwd=root, capture_output=True, check=False)
         raise
     return branch
+
+
+def lock_problems(root: Path) -> list[str]:
+    """What `dvc status` finds changed since dvc.lock in git-tracked files: code and other tracked deps,
+    params.yaml keys, tracked results (metrics, reports). Missing untracked outputs (data/, models/ on a
+    fresh clone) are not problems: `dvc repro` remakes them as the lock says."""
+    res = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True,
+                         text=True, check=False)
+    if res.returncode:
+        raise ExperimentError(f"dvc status failed: {res.stderr.strip() or res.stdout.strip()}")
+    tracked = _git(root, "ls-files").splitlines()
+    is_tracked = lambda path: any(f == path or f.startswith(path.rstrip("/") + "/") for f in tracked)  # noqa: E731
+    problems = []
+    for stage, changes in json.loads(res.stdout or "{}").items():
+        for change in changes:
+            if isinstance(change, str):  # "changed command", "always changed"
+                problems.append(f"{stage}: {change}")
+                continue
+            for kind in ("changed deps", "changed outs"):
+                for path, what in change.get(kind, {}).items():
+                    if isinstance(what, dict):  # a params file: {key: modified | new | deleted}
+                        problems += [f"{stage}: {path} {key} {how}" for key, how in what.items()]
+                    elif what != "deleted" and is_tracked(path):
+                        problems.append(f"{stage}: {path} {what}")
+    return problems
 
 
 def _summary(path: Path) -> str:
@@ -111,19 +148,20 @@ def _summary(path: Path) -> str:
         p = load_params(path)
     except ParamsError as e:
         return f"INVALID: {e.problems[0]}"
-    return (f"{p['experiment']:<14} {p['scale']:<5} {p['train']['protocol']:<9} "
+    return (f"{p['experiment']:<18} {p['scale']:<5} {p['train']['protocol']:<9} "
             f"memories={p['model']['memory']['num_memories']:<3} variants={','.join(p['train']['variants'])}")
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    """Command line: `list` presets or make a `new` experiment branch from one."""
+    """Command line: `list` presets, make a `new` experiment branch from one, `check` dvc.lock."""
     parser = argparse.ArgumentParser(prog="python -m multimem.experiment", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list presets in experiments/")
     new = sub.add_parser("new", help="make an experiment branch from a preset")
     new.add_argument("preset", help="preset name (experiments/<name>.yaml) or path")
     new.add_argument("--branch", help="branch to create (default exp/<preset>)")
+    sub.add_parser("check", help="fail if dvc.lock does not record the tracked code, params and results (CI)")
     args = parser.parse_args(argv)
     if args.command == "list":
         try:
@@ -134,6 +172,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{path.stem:<20} {_summary(path)}")
         return
     root = repo_root()
+    if args.command == "check":
+        if problems := lock_problems(root):
+            raise ExperimentError(f"dvc.lock does not match the work tree in {len(problems)} place(s): run "
+                                  "`dvc repro` and commit dvc.lock with the results:\n  " + "\n  ".join(problems))
+        print("dvc.lock matches the tracked code, params and results")
+        return
     branch = new_experiment(args.preset, args.branch, root)
     p = yaml.safe_load((root / PARAMS_FILE).read_text(encoding="utf-8"))
     print(f"on branch {branch}: {PARAMS_FILE} from preset {args.preset} "

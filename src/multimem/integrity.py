@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path, PurePosixPath
 
+from multimem.atomic import write_json_atomic
 from multimem.params import UserError
 
 # stage that writes each output directory (by directory name), for "rerun <stage>" hints
@@ -29,24 +30,39 @@ def sha256_file(path: str | Path, block_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def verify_manifest(directory: str | Path, manifest_name: str = "manifest.json", stage: str | None = None) -> dict:
+def record_manifest(directory: str | Path, names: list[str], fields: dict) -> dict:
+    """Write directory/manifest.json atomically: `fields` plus "files" {name: sha256} of the files `names`
+    (written last, it marks the directory finished); return it. IntegrityError if one of them is missing."""
+    directory = Path(directory)
+    missing = [n for n in names if not (directory / n).is_file()]
+    if missing:
+        raise IntegrityError(f"{directory / missing[0]} is missing, so {directory} cannot be recorded as finished; "
+                             f"{_rerun(fields.get('stage'), directory)}")
+    manifest = {**fields, "files": {n: sha256_file(directory / n) for n in names}}
+    write_json_atomic(directory / "manifest.json", manifest)
+    return manifest
+
+
+def verify_manifest(directory: str | Path, manifest_name: str = "manifest.json", stage: str | None = None,
+                    hint: str | None = None) -> dict:
     """Check every file in manifest["files"] exists under `directory` with the recorded sha256.
 
-    Returns the manifest. Raises IntegrityError listing each missing or changed file and the stage to
-    rerun: `stage`, else manifest["stage"], else the stage writing a directory of that name.
+    Returns the manifest. Raises IntegrityError listing each missing or changed file and what to do:
+    `hint`, else rerun `stage`, else manifest["stage"], else the stage writing a directory of that name.
     """
     directory = Path(directory)
     path = directory / manifest_name
     guess = stage or STAGE_OF_DIR.get(directory.name)
+    fix = (lambda _: hint) if hint else (lambda s: _rerun(s, directory))  # noqa: E731
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise IntegrityError(f"{path} is missing; {_rerun(guess, directory)}") from None
+        raise IntegrityError(f"{path} is missing; {fix(guess)}") from None
     except (OSError, ValueError) as e:
-        raise IntegrityError(f"{path} is unreadable ({e}); {_rerun(guess, directory)}") from None
+        raise IntegrityError(f"{path} is unreadable ({e}); {fix(guess)}") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict):
-        raise IntegrityError(f"{path} has no \"files\" mapping; {_rerun(guess, directory)}")
+        raise IntegrityError(f"{path} has no \"files\" mapping; {fix(guess)}")
     recorded = manifest.get("stage")
     stage = stage or (recorded if isinstance(recorded, str) and recorded else guess)
     problems = []
@@ -63,9 +79,9 @@ def verify_manifest(directory: str | Path, manifest_name: str = "manifest.json",
                             f"(sha256 {actual[:12]}..., manifest {str(expected)[:12]}...)")
     if problems:
         if len(problems) == 1:
-            raise IntegrityError(f"{problems[0]}; {_rerun(stage, directory)}")
+            raise IntegrityError(f"{problems[0]}; {fix(stage)}")
         listed = "".join(f"\n  - {p}" for p in problems)
-        raise IntegrityError(f"{len(problems)} files do not match {path}:{listed}\n{_rerun(stage, directory)}")
+        raise IntegrityError(f"{len(problems)} files do not match {path}:{listed}\n{fix(stage)}")
     return manifest
 
 

@@ -9,6 +9,7 @@ path, the offending value and what is allowed; `ParamsError` carries them all. `
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
@@ -23,6 +24,7 @@ from jsonschema import Draft202012Validator, ValidationError, validators
 
 SCHEMA_PATH = Path(__file__).with_name("params_schema.yaml")
 PYTHIA_TOKENIZER_SIZE = 50277  # tokens in EleutherAI/pythia-70m's tokenizer (its embedding has 50304 rows)
+MAX_VALUES = 10_000  # values params.yaml may hold once YAML aliases are expanded (it has about 150)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 P = ParamSpec("P")
@@ -94,10 +96,18 @@ def load_params(path: str | Path = "params.yaml") -> dict:
         raise ParamsError("file not found (run from the repository root or pass --params)", str(path)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ParamsError(f"cannot read: {e}", str(path)) from None
-    try:
-        params = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    loader = _UniqueKeyLoader(text)
+    try:  # yaml.load, with the expansion of aliases and merge keys checked before anything is built
+        node = loader.get_single_node()
+        _check_expansion(node, lambda n: [x for pair in n.value for x in pair] if isinstance(n, yaml.MappingNode)
+                         else n.value if isinstance(n, yaml.SequenceNode) else [])
+        params = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
         raise ParamsError(f"invalid YAML: {' '.join(str(e).split())}", str(path)) from None
+    except ParamsError as e:
+        raise ParamsError(e.problems, str(path)) from None
+    finally:
+        loader.dispose()
     try:
         return validate_params(params)
     except ParamsError as e:
@@ -109,6 +119,7 @@ def validate_params(d: Any) -> dict:
     if not isinstance(d, dict):
         sections = ", ".join(schema()["required"])
         raise ParamsError(f"expected a mapping with the sections {sections}; got {_kind(d)}")
+    _check_expansion(d, lambda v: list(v.values()) if isinstance(v, dict) else v if isinstance(v, list) else [])
     errors = list(_validator().iter_errors(d))
     typed = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
     problems: list[str] = []
@@ -122,6 +133,31 @@ def validate_params(d: Any) -> dict:
     if problems:
         raise ParamsError(list(dict.fromkeys(problems)))
     return d
+
+
+def _check_expansion(root: Any, children: Callable[[Any], list]) -> None:
+    """Raise ParamsError if `root` (a YAML node or the loaded value), written out without aliases and merge
+    keys, holds more than MAX_VALUES values or contains itself: a "billion laughs" document is refused before
+    it is built or validated. Shared parts are counted once per use, each computed once."""
+    size: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key, kids = id(node), children(node)
+        if done:
+            open_.discard(key)
+            size[key] = 1 + sum(size.get(id(k), 1) for k in kids)
+        elif key in open_:
+            raise ParamsError("a YAML alias makes the parameters contain themselves; allowed: aliases of "
+                              "values defined earlier, never of an enclosing mapping or list")
+        elif key not in size and kids:
+            open_.add(key)
+            stack += [(node, True)] + [(k, False) for k in kids]
+    total = size.get(id(root), 1)
+    if total > MAX_VALUES:
+        raise ParamsError(f"YAML aliases or merge keys expand the parameters to {total:,} values; allowed: at most "
+                          f"{MAX_VALUES:,} (write the values out instead of nesting aliases)")
 
 
 def _walk(obj: Any) -> Iterable[tuple[tuple, Any]]:
@@ -233,6 +269,14 @@ def cross_field_problems(p: dict) -> list[str]:
     if mem_["num_memories"] != n:
         out.append(f"memories.num_memories: {mem_['num_memories']} differs from model.memory.num_memories ({n}); "
                    "allowed: the same value in both")
+    if len(mem_["builder_domains"]) not in (0, mem_["num_memories"]):
+        out.append(f"memories.builder_domains: {len(mem_['builder_domains'])} names for {mem_['num_memories']} "
+                   f"slots; allowed: [] (the first memories.num_memories domains alphabetically) or exactly "
+                   f"memories.num_memories ({mem_['num_memories']}) names")
+    if mem_["builder_padding"] == "pad_to_builder_tokens" and mem_["builder_text_tokens"] > mem_["builder_tokens"]:
+        out.append(f"memories.builder_text_tokens: {mem_['builder_text_tokens']} exceeds memories.builder_tokens "
+                   f"({mem_['builder_tokens']}) with builder_padding 'pad_to_builder_tokens'; "
+                   f"allowed: 1..{mem_['builder_tokens']}")
     if model["hidden"] % model["heads"]:
         out.append(f"model.hidden: {model['hidden']} is not divisible by model.heads ({model['heads']}); "
                    f"allowed: a multiple of {model['heads']}")
@@ -261,6 +305,10 @@ def cross_field_problems(p: dict) -> list[str]:
         if n < 2:
             out.append(f"model.memory.num_memories: {n} leaves nothing to select; allowed with train.protocol "
                        "'selection': >= 2")
+        if mem_["task"] == "recall":
+            from multimem.data.recall import RecallSpec
+
+            out += RecallSpec.from_params(mem_).problems(model["vocab_size"])
     else:
         for key, value, only, allowed in (
             ("model.memory.assignment", mem["assignment"], "explicit", "round_robin"),
@@ -269,6 +317,9 @@ def cross_field_problems(p: dict) -> list[str]:
             if value == only:
                 out.append(f"{key}: {value!r} requires train.protocol 'selection' (got 'lm'); "
                            f"allowed with 'lm': {allowed}")
+        if train["init_from"] == "oracle":
+            out.append("train.init_from: 'oracle' needs the true slot, which only train.protocol 'selection' has; "
+                       "allowed with 'lm': base")
         if "oracle" in train["variants"]:
             others = ", ".join(v for v in train["variants"] if v != "oracle") or "memory_norm"
             out.append("train.variants: 'oracle' needs the true slot, which only train.protocol 'selection' has; "
@@ -376,7 +427,35 @@ def cli_main(fn: Callable[P, R]) -> Callable[P, R]:
         except KeyboardInterrupt:
             print(f"interrupted: {Path(sys.argv[0]).name} stopped (Ctrl-C)", file=sys.stderr, flush=True)
             raise SystemExit(130) from None
+        except (MemoryError, OSError, RuntimeError) as e:
+            message = _resource_message(e)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
     return run
+
+
+def _resource_message(e: BaseException) -> str | None:
+    """One line for running out of memory or disk space (outputs are atomic, so none is left half-written);
+    None for any other error, which keeps its traceback."""
+    text = " ".join(str(e).split())[:300]
+    if isinstance(e, MemoryError) or "can't allocate memory" in text or type(e).__name__ == "OutOfMemoryError":
+        return (f"out of memory ({text}); lower the sizes in params.yaml: model.vocab_size, model.hidden, "
+                "model.layers, model.ffn, memories.examples_*, train.batch_size")
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device writing {e.filename or 'a stage output'}; free disk space and rerun"
+    return None
+
+
+def require_listed(params: dict, flag: str, value: Any, key: str, source: str) -> None:
+    """ParamsError unless the command-line `flag`'s `value` is in the list params `key` (e.g. "train.seeds"):
+    a run the parameters do not describe would bypass their checks."""
+    section, name = key.split(".")
+    listed = params[section][name]
+    if value not in listed:
+        raise ParamsError(f"{flag} {value!r} is not in {key} {listed}; allowed: {', '.join(map(str, listed))} "
+                          f"(or add it to {key})", source)
 
 
 def rerun_key(params: dict, *paths: str) -> str:

@@ -5,10 +5,9 @@ Checked by multimem.integrity.verify_manifest before a later stage reads the dir
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from multimem.integrity import sha256_file
+from multimem.integrity import record_manifest
 
 MANIFEST = "manifest.json"
 
@@ -16,7 +15,5 @@ MANIFEST = "manifest.json"
 def write_manifest(directory: Path, fields: dict) -> dict:
     """Write directory/manifest.json (keys sorted, so it is byte-stable): `fields` plus "files" {name: sha256}
     of every other file; return it."""
-    files = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
-    manifest = {**fields, "files": files}
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return manifest
+    names = [p.name for p in sorted(Path(directory).iterdir()) if p.is_file() and p.name != MANIFEST]
+    return record_manifest(directory, names, fields)

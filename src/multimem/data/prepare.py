@@ -1,7 +1,9 @@
 """Stage prepare: corpus -> deduplicated documents -> splits -> tokenizer -> tokens -> LM chunks -> data/prepared/.
 
 Outputs (brief, "Data formats"): tokenizer.json, documents.npz, domains.json, lm_{train,val,test}.npy,
-manifest.json. The directory is built beside its destination and renamed into place.
+manifest.json. The directory is built beside its destination and renamed into place. LM chunks hold
+chunk_len tokens (data.lm_input_len chunk_len_minus_1: chunk_len - 1 inputs) or chunk_len + 1 tokens
+(chunk_len, v1: chunk_len inputs and chunk_len labels per sample).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from multimem.data.errors import DataError
 from multimem.data.manifest import write_manifest
 from multimem.data.sources import load_corpus
 from multimem.data.splits import (SPLIT_MODES, SPLITS, check_leakage, document_chunks, first_occurrences,
-                                  shuffled_chunks, split_documents, text_hash)
+                                  require_chunks, shuffled_chunks, split_documents, text_hash)
 from multimem.data.tokenizer import EOS, PYTHIA, build_tokenizer, encode_documents
 from multimem.integrity import sha256_file
+
+LM_INPUT_LENS = ("chunk_len_minus_1", "chunk_len")  # data.lm_input_len (v1 chunk_len)
 
 
 def prepare(data: dict, out_dir: str | Path) -> dict:
@@ -27,6 +31,8 @@ def prepare(data: dict, out_dir: str | Path) -> dict:
     mode, seed = data["split"], int(data["seed"])
     if mode not in SPLIT_MODES:
         raise DataError(f"data.split={mode!r}; allowed: {', '.join(SPLIT_MODES)}")
+    if data["lm_input_len"] not in LM_INPUT_LENS:
+        raise DataError(f"data.lm_input_len={data['lm_input_len']!r}; allowed: {', '.join(LM_INPUT_LENS)}")
     corpus = load_corpus(data)
     hashes = [text_hash(t) for t in corpus.texts]
     unique = first_occurrences(hashes)
@@ -46,10 +52,14 @@ def prepare(data: dict, out_dir: str | Path) -> dict:
     docs = Documents(tokens, offsets, corpus.domain, split)
 
     chunk_len, max_chunks, eos_id = int(data["chunk_len"]), int(data["max_chunks"]), tokenizer.token_to_id(EOS)
+    # tokens stored per chunk: the protocol feeds chunk[:-1] and scores chunk[1:], so chunk_len_minus_1 gives
+    # chunk_len - 1 inputs; chunk_len (v1: 5,000 samples of 256 + 1 tokens) cuts chunk_len + 1 for chunk_len inputs
+    width = chunk_len + (data["lm_input_len"] == "chunk_len")
     if mode == "documents":
-        chunks = document_chunks(tokens, offsets, split, eos_id, chunk_len, max_chunks, seed)
+        chunks = document_chunks(tokens, offsets, split, eos_id, width, max_chunks, seed)
     else:
-        chunks, leakage = shuffled_chunks(tokens, chunk_len, max_chunks, float(data["val_fraction"]), seed)
+        chunks, leakage = shuffled_chunks(tokens, width, max_chunks, float(data["val_fraction"]), seed)
+    require_chunks(chunks, data)
     leakage["duplicate_documents_dropped"] = duplicates
 
     with atomic_dir(out_dir) as tmp:
@@ -68,6 +78,8 @@ def prepare(data: dict, out_dir: str | Path) -> dict:
             "n_documents": n_documents,
             "n_tokens": n_tokens,
             "chunk_len": chunk_len,
+            "lm_input_len": data["lm_input_len"],
+            "chunk_tokens": width,  # columns of lm_<split>.npy: inputs chunk[:-1], labels chunk[1:]
             "n_chunks": {name: len(c) for name, c in chunks.items()},
             "tokenizer": {
                 "kind": data["tokenizer"], "vocab_size": tokenizer.get_vocab_size(), "eos_token": EOS,

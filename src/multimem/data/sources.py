@@ -99,14 +99,25 @@ def text_dir_documents(folder: str | Path) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     for entry in sorted(root.iterdir()):
         if entry.is_dir():
-            pairs += [(entry.name, f.read_text(encoding="utf-8")) for f in sorted(entry.glob("*.txt"))]
+            pairs += [(entry.name, _read_text(f)) for f in sorted(entry.glob("*.txt"))]
         elif entry.suffix == ".txt":
-            text = entry.read_text(encoding="utf-8")
+            text = _read_text(entry)
             pairs += [(entry.stem, doc) for doc in re.split(r"\n\s*\n", text)]
     if not any(t.strip() for _, t in pairs):
         raise DataError(f"data.text_dir={str(folder)!r} holds no non-empty .txt documents "
                         "(expected <domain>/*.txt or <domain>.txt)")
     return pairs
+
+
+def _read_text(path: Path) -> str:
+    """A text_dir document as UTF-8; DataError naming the file if it is not."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); allowed in data.text_dir: UTF-8 .txt "
+                        "files (convert it, e.g. `iconv -f latin1 -t utf-8`, or remove it)") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror}); data.text_dir needs readable .txt files") from None
 
 
 def pile_records(records: Iterable[dict], max_documents: int) -> list[tuple[str, str]]:

@@ -95,6 +95,20 @@ def document_chunks(tokens: np.ndarray, offsets: np.ndarray, split: np.ndarray, 
     return chunks
 
 
+def require_chunks(chunks: dict[str, np.ndarray], data: dict) -> None:
+    """DataError unless each split a later stage reads has an LM chunk: train and val, and test when there is a
+    test split (an empty split would score as loss 0, perplexity 1)."""
+    needed = ["train", "val"] + (["test"] if data["split"] == "documents" and data["test_fraction"] > 0 else [])
+    empty = [name for name in needed if len(chunks[name]) == 0]
+    if empty:
+        counts = ", ".join(f"{name} {len(c)}" for name, c in chunks.items())
+        fraction = f"data.{empty[0]}_fraction ({data[f'{empty[0]}_fraction']}), " if empty[0] != "train" else ""
+        raise DataError(f"data: the {' and '.join(empty)} split has no LM chunk of data.chunk_len {data['chunk_len']} "
+                        f"tokens (chunks: {counts}); allowed: at least 1 per split: lower data.chunk_len, raise "
+                        f"{fraction}data.max_chunks ({data['max_chunks']}; 0 = all) or data.max_documents, "
+                        "or add documents")
+
+
 def shuffled_chunks(stream: np.ndarray, chunk_len: int, max_chunks: int, val_fraction: float,
                     seed: int) -> tuple[dict[str, np.ndarray], dict]:
     """v1's split of one token stream int32 [T] (documents joined without separators).

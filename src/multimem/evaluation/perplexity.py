@@ -27,7 +27,7 @@ from multimem.model.transformer import TransformerLM
 from multimem.evaluation.selection_metrics import mean_max_weight, token_top_slot_fraction
 from multimem.training.batches import DataFormatError, LMChunks, SelectionExamples, batch_rows, steps_per_epoch
 from multimem.training.loop import perplexity
-from multimem.training.protocols import LMProtocol, token_loss_sum
+from multimem.training.protocols import LMProtocol
 
 EVAL_MIXERS = ("landmark", "oracle", "uniform", "none")
 
@@ -35,18 +35,41 @@ EVAL_MIXERS = ("landmark", "oracle", "uniform", "none")
 @dataclass(frozen=True)
 class Perplexity:
     """One pass over a split: mean token cross-entropy (nats), its exp, the token count and, where the
-    memory layer mixed memories, top_slot_true / mix_max_weight (None otherwise)."""
+    memory layer mixed memories, top_slot_true / mix_max_weight (None otherwise); for the selection
+    protocol also the accuracy of the scored tokens (recall: value accuracy) and per-example results."""
 
     loss: float
     ppl: float
     tokens: int
     top_slot_true: float | None = None
     mix_max_weight: float | None = None
+    acc: float | None = None
+    examples: dict[str, np.ndarray] | None = None  # per example: loss, correct, tokens, chosen_slot, true_slot
+
+
+def per_example(logits: torch.Tensor, labels: torch.Tensor, scored: torch.Tensor,
+                mix: torch.Tensor | None) -> dict[str, np.ndarray]:
+    """Per-example results of one batch: logits [B, T, V], labels [B, T], scored [B, T] bool, mix weights
+    [B, H, T, N] or None -> loss (mean CE over the scored tokens), correct (fraction of them predicted
+    right), tokens, chosen_slot (argmax over slots of the weights averaged over heads and scored
+    positions; -1 without a landmark's weights) — each [B]."""
+    ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels.clamp_min(0),
+                                           reduction="none")  # [B, T]
+    s = scored.float()
+    n = s.sum(1).clamp_min(1.0)  # [B]
+    hit = (logits.argmax(-1) == labels).float() * s
+    if mix is None:
+        chosen = torch.full((labels.shape[0],), -1, dtype=torch.long)
+    else:
+        chosen = (mix.float().mean(1) * s[..., None]).sum(1).argmax(-1)  # [B]
+    return {"loss": ((ce * s).sum(1) / n).cpu().numpy(), "correct": (hit.sum(1) / n).cpu().numpy(),
+            "tokens": s.sum(1).long().cpu().numpy(), "chosen_slot": chosen.cpu().numpy()}
 
 
 class _Sums:
     def __init__(self) -> None:
         self.loss_sum, self.tokens, self.top, self.max, self.weighted = 0.0, 0, 0.0, 0.0, 0
+        self.hits, self.parts = 0.0, []
 
     def add(self, loss_sum: torch.Tensor, tokens: int, mix: torch.Tensor | None = None,
             true_slot: torch.Tensor | None = None) -> None:
@@ -61,8 +84,9 @@ class _Sums:
     def result(self) -> Perplexity:
         loss = self.loss_sum / self.tokens
         w = self.weighted
-        return Perplexity(loss, perplexity(loss), self.tokens,
-                          self.top / w if w else None, self.max / w if w else None)
+        examples = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]} if self.parts else None
+        return Perplexity(loss, perplexity(loss), self.tokens, self.top / w if w else None,
+                          self.max / w if w else None, self.hits / self.tokens if self.parts else None, examples)
 
 
 def _batches(n: int, batch_size: int, desc: str) -> Iterator[np.ndarray]:
@@ -113,7 +137,13 @@ def selection_perplexity(model: TransformerLM, examples: SelectionExamples, batc
         bank = model.new_bank(None if shared else len(rows), device)
         model.write_memories(context, bank)  # segment s -> slot s
         inputs, labels = target[:, :-1], target[:, 1:]  # [B, T] each
+        scored = b.get("target_mask", torch.ones_like(labels, dtype=torch.bool))  # [B, T]
         for m in mixers:
             out = model(inputs, bank=bank, mixer=None if m == "landmark" else m, oracle_slot=true_slot)
-            sums[m].add(token_loss_sum(out.logits, labels), labels.numel(), out.mix_weights, true_slot)
+            own = m == "landmark" and model.cfg.memory.landmark not in ("oracle", "uniform", "none")
+            ex = per_example(out.logits, labels, scored, out.mix_weights if own else None)
+            ex["true_slot"] = true_slot.cpu().numpy()
+            sums[m].parts.append(ex)
+            sums[m].hits += float((ex["correct"] * ex["tokens"]).sum())
+            sums[m].add(float((ex["loss"] * ex["tokens"]).sum()), int(scored.sum()), out.mix_weights, true_slot)
     return {m: s.result() for m, s in sums.items()}

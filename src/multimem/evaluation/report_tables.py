@@ -60,7 +60,11 @@ def ppl_table(summary: dict[str, Any], params: dict[str, Any]) -> pd.DataFrame:
     df = df[[("ppl" in m) for m in df.index.get_level_values("metric")]]
     if df.empty:
         return df
-    cell = df.apply(lambda r: f"{r['mean']:.2f} [{r['ci_lo']:.2f}, {r['ci_hi']:.2f}]", axis=1)
+    from multimem.training.loop import ppl_text  # deferred: torch is not needed for the other tables
+
+    nan = float("nan")  # one seed: no interval in the summary
+    cell = df.apply(lambda r: f"{ppl_text(r['mean'])} [{ppl_text(r.get('ci_lo', nan))}, "
+                              f"{ppl_text(r.get('ci_hi', nan))}]", axis=1)
     return cell.unstack("metric").reindex(params["train"]["variants"]).dropna(how="all")
 
 
@@ -108,14 +112,14 @@ def conclusions(params: dict[str, Any], summary: dict[str, Any], sel: pd.DataFra
         if parts[0] != "diff" or parts[-1] != "significant" or parts[2] != metric:
             continue
         base = f"diff.{parts[1]}.{metric}"
-        d, lo, hi = (summary[f"{base}.{s}"] for s in ("mean_diff", "ci_lo", "ci_hi"))
+        d, lo, hi = (summary.get(f"{base}.{s}", float("nan")) for s in ("mean_diff", "ci_lo", "ci_hi"))
         verdict = "**significant**" if value else "not significant"
         lines.append(f"- {split} perplexity, `{parts[1].replace('-', '` minus `')}`: {d:+.3f} "
-                     f"(paired over {summary[f'{base}.n']} seeds, {int(100 * conf)}% bootstrap CI "
-                     f"[{lo:+.3f}, {hi:+.3f}]) — difference {verdict} at {int(100 * conf)}%.")
+                     f"(paired over {summary[f'{base}.n']} seeds, {int(100 * conf)}% Student-t CI "
+                     f"[{lo:+.3f}, {hi:+.3f}]) — difference {verdict} at {int(100 * conf)}% (Holm-adjusted).")
     if lines and n_seeds < 5:
-        lines.append(f"- With {n_seeds} seeds a bootstrap interval understates the uncertainty; "
-                     "read the intervals above as the spread over seeds.")
+        lines.append(f"- With {n_seeds} seeds a seed-level t-interval has {n_seeds - 1} degrees of freedom and "
+                     "ignores test-set uncertainty; the per-example comparisons (cmp.*) are the primary test.")
     table = bracket_table(bracket, split)
     if table is not None and "recovered" in table:
         gap = (table["none"] - table["oracle"]).mean()

@@ -2,6 +2,9 @@
 models/ -> metrics/<experiment>/ (written whole, atomically; params["experiment"] names it):
 
     runs/<variant>-seed<k>.json   one flat record per run (keys below)
+    examples.csv                  one row per (variant, seed, report-split example) of the selection protocol:
+                                  true_slot, chosen_slot (-1: no landmark), loss, tokens, correct (fraction of
+                                  the scored tokens predicted right: recall value accuracy)
     summary.json                  multimem.evaluation.aggregate.build_summary over seeds: <variant>.<metric>.{mean,
                                   std,ci_lo,ci_hi,n} and diff.<variant>-<baseline>.<metric>.{...}, baseline
                                   memory_norm (else the first variant evaluated); SUMMARY_METRICS only
@@ -31,10 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
 from multimem.evaluation.aggregate import build_summary
+from multimem.evaluation.headline import write_compared
 from multimem.atomic import atomic_dir, write_json_atomic, write_text_atomic
 from multimem.model.config import LANDMARKS
 from multimem.evaluation.perplexity import lm_perplexity, selection_perplexity
@@ -44,9 +50,9 @@ from multimem.evaluation.selection import Builder, selection_accuracy
 from multimem.integrity import verify_manifest
 from multimem.training.batches import LMChunks, SelectionExamples
 from multimem.training.device import configure_backend, resolve_device
-from multimem.training.weights import CONFIG, WEIGHTS
 
 SPLITS = ("val", "test")
+EXAMPLES = "examples.csv"
 SEL_MODELS = ("trained", "initial")
 BASELINE = "memory_norm"
 
@@ -88,6 +94,7 @@ class RunResult:
     record: dict[str, Any]
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {t: [] for t in TABLES})
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # selection_report per model
+    examples: dict[str, Any] | None = None  # per report-split example (selection protocol), see per_example
 
 
 def metric_key(name: str) -> str:
@@ -113,10 +120,19 @@ def _perplexities(res: RunResult, model: torch.nn.Module, params: dict[str, Any]
         for mixer, r in (results or {}).items():
             res.tables["ppl_bracket"].append({"variant": rec["variant"], "seed": rec["seed"], "mixer": mixer,
                                               "split": split, "ppl": r.ppl})
-            if mixer != "landmark":
+            if mixer != "landmark":  # test-time mixer swaps: a diagnostic, not the trained bracket
                 rec[f"{split}_ppl_{mixer}"] = r.ppl
+                if r.acc is not None:
+                    rec[f"{split}_acc_{mixer}"] = r.acc
                 continue
             rec[f"{split}_loss"], rec[f"{split}_ppl"] = r.loss, r.ppl
+            if r.acc is not None:
+                rec[f"{split}_acc"] = r.acc
+            if split == report and r.examples is not None:
+                res.examples = r.examples
+                chosen = r.examples["chosen_slot"]
+                if (chosen >= 0).all():  # the landmark's own choice of slot per test example
+                    rec["task_sel_acc"] = float((chosen == r.examples["true_slot"]).mean())
             if split == report and r.top_slot_true is not None:
                 rec["top_slot_true"], rec["mix_max_weight"] = r.top_slot_true, r.mix_max_weight
 
@@ -128,7 +144,13 @@ def _selection(res: RunResult, run: Run, model: torch.nn.Module, params: dict[st
         rec["selection"] = f"skipped: {run.variant!r} is a reference mixer, it has no landmark scores"
         return
     for name in SEL_MODELS:
-        m = model if name == "trained" else initial_model(model.cfg, run.seed, base).to(device)
+        if name == "trained":
+            m = model
+        elif params["train"]["init_from"] == "oracle":
+            m = initial_model(model.cfg, run.seed, run.path.parent.parent / "start" / f"seed{run.seed}",
+                              "best.safetensors").to(device)
+        else:
+            m = initial_model(model.cfg, run.seed, base).to(device)
         rep = selection_accuracy(m, inputs.builder, inputs.domain_names, ev["top_k"], ev["confidence"],
                                  ev["seed"], device, f"selection ({name})")
         res.reports[name] = rep
@@ -161,7 +183,9 @@ def evaluate_run(run: Run, params: dict[str, Any], inputs: Inputs, base: Path, d
 def summary_metrics(params: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
     """The metrics summary.json aggregates, in order, those present in at least one record."""
     ev = params["eval"]
-    names = ["val_ppl", "test_ppl", *(f"{ev['report_split']}_ppl_{m}" for m in ev["mixers"] if m != "landmark"),
+    refs = [m for m in ev["mixers"] if m != "landmark"]
+    names = ["val_acc", "test_acc", *(f"{ev['report_split']}_acc_{m}" for m in refs), "task_sel_acc",
+             "val_ppl", "test_ppl", *(f"{ev['report_split']}_ppl_{m}" for m in refs),
              "top_slot_true", "mix_max_weight", "memory_gate",
              *(f"sel_{m}_top{k}" for m in SEL_MODELS for k in ev["top_k"])]
     return [n for n in names if any(n in r for r in records)]
@@ -170,14 +194,19 @@ def summary_metrics(params: dict[str, Any], records: list[dict[str, Any]]) -> li
 def evaluate(params: dict[str, Any], paths: Paths = Paths()) -> dict[str, Any]:
     """The evaluate stage; returns {"records", "summary", "missing", "out"}."""
     t, ev = params["train"], params["eval"]
-    runs, missing = find_runs(paths.models, t["variants"], t["seeds"])
+    runs, missing = find_runs(paths.models, t["variants"], t["seeds"])  # first: finished runs verified
+    failed = failed_runs(paths.models, t["variants"], t["seeds"])
+    missing = [m for m in missing if m not in failed]
     if not runs:
         raise RunError(f"no trained run under {paths.models}/ for train.variants {t['variants']} × seeds "
                        f"{t['seeds']}; run stage train first (`python pipeline/train.py --variant V --seed K`)")
+    if missing:  # a report over fewer runs than train.variants × train.seeds is not the experiment's result
+        stages = " ".join(f"train@{m.replace('-seed', '-')}" for m in missing)
+        raise RunError(f"{len(missing)} run(s) of train.variants × train.seeds not finished under {paths.models}/ "
+                       f"(no manifest.json): {', '.join(missing)}; train them first (`dvc repro {stages}`)")
     need_builder = any(r.variant in LANDMARKS for r in runs)
-    if need_builder and not ((paths.base / WEIGHTS).is_file() and (paths.base / CONFIG).is_file()):
-        raise RunError(f"{paths.base}/ has no {WEIGHTS} and {CONFIG}: selection accuracy of the initial "
-                       "model needs the base LM; rerun stage pretrain")
+    if need_builder:  # selection accuracy of the initial model needs the base LM
+        verify_manifest(paths.base, stage="pretrain")
     device = resolve_device(t["device"])
     configure_backend(device, t["threads"])
     inputs = Inputs.load(params, paths.data, need_builder)
@@ -188,6 +217,7 @@ def evaluate(params: dict[str, Any], paths: Paths = Paths()) -> dict[str, Any]:
     baseline = BASELINE if BASELINE in variants else variants[0]
     summary = build_summary(records, summary_metrics(params, records), baseline, ev["confidence"],
                             ev["bootstrap_resamples"], ev["seed"])
+    summary["failed_runs"] = failed  # <variant>-seed<k> -> why (oracle start missed train.oracle_gate)
     tables = {name: [row for r in results for row in r.tables[name]] for name in TABLES}
     for variant in dict.fromkeys(variants):
         for model in SEL_MODELS:
@@ -198,6 +228,30 @@ def evaluate(params: dict[str, Any], paths: Paths = Paths()) -> dict[str, Any]:
         for r in results:
             write_json_atomic(tmp / "runs" / f"{r.record['variant']}-seed{r.record['seed']}.json", r.record)
         write_json_atomic(tmp / "summary.json", summary)
+        write_text_atomic(tmp / EXAMPLES, examples_frame(results).to_csv(index=False, float_format="%.6g"))
         for name, rows in tables.items():
             write_text_atomic(tmp / "plots" / f"{name}.csv", to_csv(name, rows))
-    return {"records": records, "summary": summary, "missing": missing, "out": out}
+    write_compared(paths.metrics, params, summary, tables)  # metrics/headline.json, what DVC diffs across branches
+    return {"records": records, "summary": summary, "missing": missing, "failed": failed, "out": out}
+
+
+def failed_runs(models: Path, variants: list[str], seeds: list[int]) -> dict[str, str]:
+    """<variant>-seed<k> -> why, for runs that were not trained because their seed's oracle start failed."""
+    out = {}
+    for v in variants:
+        for s in seeds:
+            path = models / v / f"seed{s}" / "train_summary.json"
+            if path.is_file():
+                reason = json.loads(path.read_text(encoding="utf-8")).get("failed")
+                if reason:
+                    out[f"{v}-seed{s}"] = reason
+    return out
+
+
+def examples_frame(results: list[RunResult]) -> pd.DataFrame:
+    """One row per (variant, seed, report-split example): the per-example results statistics start from."""
+    cols = ["variant", "seed", "example", "true_slot", "chosen_slot", "loss", "tokens", "correct"]
+    frames = [pd.DataFrame({"variant": r.record["variant"], "seed": r.record["seed"],
+                            "example": np.arange(len(r.examples["loss"])), **r.examples})[cols]
+              for r in results if r.examples is not None]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)

@@ -22,6 +22,9 @@ MEMORY_SWITCHES: dict[str, tuple[str, ...]] = {
     "landmark_norm": ("sum", "mean"),
     "score_scale": ("none", "sqrt_d"),
     "encoder_keys": ("last_write", "all_writes"),
+    "score_centering": ("none", "slots", "project"),
+    "score": ("dot", "cosine"),
+    "score_temperature": ("fixed", "learned"),
 }
 
 
@@ -39,6 +42,9 @@ class MemoryConfig:
     assignment: str = "round_robin"  # round_robin: pointer per forward call; explicit: slot per write
     landmark_norm: str = "sum"  # sum: z_i = Σσ(k) grows with writes; mean: divided by tokens written
     score_scale: str = "none"  # none | sqrt_d: relevance divided by √d
+    score_centering: str = "none"  # none | slots: ℓ_n − mean over non-empty slots | project: also P = I − ûûᵀ
+    score: str = "dot"  # dot | cosine: q' and ℓ' normalised to norm √d before the product (landmarks.py)
+    score_temperature: str = "fixed"  # fixed scale (1 or 1/√d) | learned: exp(τ_h), one τ per head (H params)
     top_k: int = 0  # 0: softmax over all memories; k: HSA-style top-k mixing
     encoder_keys: str = "last_write"  # hsa_encoder key buffer: last write only (v1) | all writes
     encoder_capacity: int = 256  # keys kept per slot for hsa_encoder (most recent)

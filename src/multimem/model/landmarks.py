@@ -10,6 +10,22 @@
 | hsa_encoder  | per-head 2-layer bidirectional encoder over     | q_slc(LN x) per head, | D² + H·(2 encoder |
 |              | [CLS; keys in slot i], CLS output × W_out       | always / √d           | layers + d + d²)  |
 
+Scoring switches against selection collapse (`relevance`; v1 = none, dot, fixed):
+
+    ū = mean of ℓ_m over the non-empty slots m of the bank                    [*, H, d]
+    score_centering  none:    q' = φq,    ℓ'_n = ℓ_n
+                     slots:   q' = φq,    ℓ'_n = ℓ_n − ū
+                     project: q' = P φq,  ℓ'_n = P (ℓ_n − ū),   P = I − û ûᵀ, û = ū / ‖ū‖
+    score            dot:     r_n = s · q'·ℓ'_n
+                     cosine:  r_n = s · (√d q'/‖q'‖)·(√d ℓ'_n/‖ℓ'_n‖) = s · d · cos(q', ℓ'_n)
+    score_temperature fixed:  s = 1/√d (landmark always scaled, or score_scale sqrt_d), else 1
+                     learned: s = exp(τ_h), one τ per head, τ_h initialised to log of the fixed s
+
+`slots` shifts every score of a query by the same φq·ū, so on its own it changes neither the argmax nor a
+masked softmax; it matters with cosine (or next to zero_score empty slots). `project` also removes the
+shared direction û from the query, which is what stops a slot with a larger shared component from winning
+every query (tests/test_scoring_switches.py measures both).
+
 Letters: b batch, n slot, h head, s position, c key-buffer position, d head dim, `*` bank batch dims.
 """
 
@@ -33,7 +49,14 @@ class Landmark(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.landmark_norm = cfg.memory.landmark_norm
+        m = cfg.memory
+        self.landmark_norm = m.landmark_norm
+        self.centering, self.score, self.score_eps = m.score_centering, m.score, m.eps
+        scaled = self.always_scaled or m.score_scale == "sqrt_d"  # fixed s = 1/√d, else 1
+        # τ [H]: learned log-temperature per head, exp(τ) at init = the fixed scale (absent when fixed)
+        init = -0.5 * math.log(cfg.head_dim) if scaled else 0.0
+        tau = nn.Parameter(torch.full((cfg.heads,), init)) if m.score_temperature == "learned" else None
+        self.register_parameter("log_temperature", tau)
 
     def query(self, h: torch.Tensor, q: torch.Tensor, sq: torch.Tensor | None = None) -> torch.Tensor:
         """φ(q) [B, H, S, d]; `sq` is σ(q) when the caller already has it."""
@@ -149,10 +172,49 @@ def build_landmark(cfg: ModelConfig) -> Landmark | None:
     return cls(cfg) if cls else None
 
 
-def relevance(landmark: Landmark, phi_q: torch.Tensor, vectors: torch.Tensor, scale: str) -> torch.Tensor:
-    """r [B, H, S, N] = φ(q_t) · ℓ_n, with φq [B, H, S, d] and ℓ [N, H, d] or [B, N, H, d]."""
-    eq = "bhsd,nhd->bhsn" if vectors.dim() == 3 else "bhsd,bnhd->bhsn"
-    r = torch.einsum(eq, phi_q, vectors.to(phi_q.dtype))
-    if landmark.always_scaled or scale == "sqrt_d":
+def _rms_normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """√d x / max(‖x‖, ε) over the last axis (unit RMS, as QK-norm); a zero vector stays 0."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
+    return x * (math.sqrt(x.shape[-1]) / norm)
+
+
+def relevance(
+    landmark: Landmark, phi_q: torch.Tensor, vectors: torch.Tensor, scale: str,
+    empty: torch.Tensor | None = None, sequence_mean: bool = False,
+) -> torch.Tensor:
+    """r [B, H, S, N] (S = 1 with `sequence_mean`) from φq [B, H, S, d] and ℓ [N, H, d] (shared bank) or
+    [B, N, H, d] (per-example bank); `empty` [N] or [B, N] marks slots left out of the slot mean ū.
+
+        r_n[t] = s · q'_t · ℓ'_n          (q', ℓ' and s by the scoring switches, module docstring)
+        v1 (none, dot, fixed): r_n[t] = φ(q_t) · ℓ_n, divided by √d when the landmark or `scale` says so
+        sequence_mean: r_n = mean_t r_n[t] = (mean_t q'_t) · ℓ'_n, the mean taken after the per-token
+        centring and normalisation, so it is the mean of the per-token scores for every switch.
+
+    ū is the mean over non-empty slots only (0 when none is); with a single non-empty slot ℓ'_n = 0, and
+    its score is 0 for dot and cosine alike (finite)."""
+    lm = landmark
+    vectors = vectors.to(phi_q.dtype)  # [*, N, H, d]
+    shared = vectors.dim() == 3
+    if lm.centering != "none":
+        keep = vectors.new_ones(vectors.shape[:-2]) if empty is None else (~empty).to(vectors.dtype)  # [*, N]
+        count = keep.sum(-1).clamp_min(1.0)[..., None, None]  # [*, 1, 1]
+        mean = (keep[..., None, None] * vectors).sum(-3) / count  # ū [*, H, d]
+        vectors = vectors - mean.unsqueeze(-3)  # ℓ_n − ū  [*, N, H, d]
+        if lm.centering == "project":
+            u = mean / torch.linalg.vector_norm(mean, dim=-1, keepdim=True).clamp_min(lm.score_eps)  # û [*, H, d]
+            un = u.unsqueeze(-3)  # [*, 1, H, d]
+            vectors = vectors - (vectors * un).sum(-1, keepdim=True) * un  # P(ℓ_n − ū)  [*, N, H, d]
+            uq = u[:, None, :] if shared else u[:, :, None, :]  # [H, 1, d] or [B, H, 1, d]
+            phi_q = phi_q - (phi_q * uq).sum(-1, keepdim=True) * uq  # P φq  [B, H, S, d]
+    if lm.score == "cosine":
+        phi_q = _rms_normalise(phi_q, lm.score_eps)  # [B, H, S, d], norm √d
+        vectors = _rms_normalise(vectors, lm.score_eps)  # [*, N, H, d], norm √d
+    if sequence_mean:  # v1: one score per sequence; mean_t(q'_t)·ℓ' = mean_t(q'_t·ℓ'), computed once
+        phi_q = phi_q.mean(dim=2, keepdim=True)  # [B, H, 1, d]
+    eq = "bhsd,nhd->bhsn" if shared else "bhsd,bnhd->bhsn"
+    r = torch.einsum(eq, phi_q, vectors)  # [B, H, S|1, N]
+    if lm.log_temperature is not None:  # learned s = exp(τ_h)
+        r = r * lm.log_temperature.exp().to(r.dtype)[:, None, None]  # τ [H] -> [H, 1, 1]
+    elif lm.always_scaled or scale == "sqrt_d":  # fixed s = 1/√d
         r = r / math.sqrt(phi_q.shape[-1])
     return r

@@ -7,7 +7,8 @@ Letters: b batch, h head, s/t position, n memory slot, d head dim; x [B, S, D], 
     h = LN(x);  Q, K, V = h W_q, h W_k, h W_v                 (no bias, no RoPE)
     A_loc[t] = causal linear attention (linear_attention.py)
     A_n[t]   = M_nᵀ σ(Q_t) / max(σ(Q_t) · z_n, ε)             (Infini-attention eq. 3, per memory)
-    r_n[t]   = φ(Q_t) · ℓ_n            relevance: per token (causal), or its mean over t (v1)
+    r_n[t]   = φ(Q_t) · ℓ_n            relevance: per token (causal), or its mean over t (v1); centring,
+                                        cosine and a learned temperature are switches (landmarks.relevance)
     w[t]     = softmax_n(r[t])          over all / non-empty / top-k memories
     O        = g A_mix + (1 - g) A_loc,  A_mix = Σ_n w_n A_n,  g = sigmoid(γ_h), γ init 0
     layer    x + W_o O + MLP(LN' x)     (parallel residual; LN' = LN when layernorm: shared)
@@ -64,13 +65,17 @@ class MultiMemoryAttention(nn.Module):
     def scores(
         self, h: torch.Tensor, q: torch.Tensor, bank: MemoryBank, sq: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Landmark relevance r [B, H, S, N], after the relevance and empty-memory switches
-        (`sq`: σ(q) when already computed)."""
+        """Landmark relevance r [B, H, S, N], after the relevance, scoring and empty-memory switches
+        (`sq`: σ(q) when already computed):
+
+            r_n[t] = s · q'_t · ℓ'_n   (landmarks.relevance: score_centering, score, score_temperature;
+                                         v1: φ(q_t)·ℓ_n, / √d with sqrt_d), its mean over t with sequence_mean,
+            then empty slots: 0 (zero_score) or −inf (masked); centring averages non-empty slots only."""
         assert self.landmark is not None
         phi_q = self.landmark.query(h, q, sq)  # [B, H, S, d]
-        if self.mem.relevance == "sequence_mean":  # v1: one score per sequence, averages future q too
-            phi_q = phi_q.mean(dim=2, keepdim=True)  # mean_t(φq_t)·ℓ = mean_t(φq_t·ℓ), computed once
-        r = relevance(self.landmark, phi_q, self.landmark.vectors(bank), self.mem.score_scale)  # [B, H, S|1, N]
+        seq_mean = self.mem.relevance == "sequence_mean"  # v1: one score per sequence, averages future q too
+        r = relevance(self.landmark, phi_q, self.landmark.vectors(bank), self.mem.score_scale,
+                      empty=bank.empty, sequence_mean=seq_mean)  # [B, H, S|1, N]
         empty = self._empty(bank, r)
         if self.mem.empty == "zero_score":
             r = r.masked_fill(empty, 0.0)
@@ -100,6 +105,10 @@ class MultiMemoryAttention(nn.Module):
         if mixer == "uniform":
             full = (~self._empty(bank, q.new_zeros(shape))).to(q.dtype)
             return full / full.sum(-1, keepdim=True).clamp_min(1.0)
+        if self.mem.empty == "zero_score" and bool(bank.empty.all()):
+            # v1: every memory empty (first batch after a reset) -> each scores 0 and the landmark is never
+            # evaluated, so its parameters get no gradient (None) and AdamW skips them (no decay, no step)
+            return q.new_full(shape, 1.0 / N)  # softmax of N zeros
         r = self.scores(h, q, bank, sq)
         if self.mem.relevance == "sequence_mean":  # one row per sequence: mix once, broadcast over S
             r = r[:, :, :1]

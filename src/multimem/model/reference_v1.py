@@ -9,8 +9,11 @@ It differs from `multimem_layer.MultiMemoryLayer` in computation only, never in 
                    (the project: chunked, linear_attention.causal_linear_attention)
 
 Letters: b batch, h head, s/t position, d key dim, e value dim. v1 switches only: shared state,
-readout_norm v1 (M/(B·S), z/B), sequence-mean relevance, simple round-robin writes after the read,
-detached; empty memories score 0; landmark memory_norm or learned; one shared LayerNorm.
+readout_norm v1 (M/(B·S), z/B), sequence-mean relevance, round-robin writes after the read (simple, or
+the delta rule v1 ran: V − M_jᵀσ(K) / max(σ(K)·z_j, ε) written instead of V), detached; landmark
+memory_norm or learned; one shared LayerNorm. An empty memory (Σ z < 1e-6, as v1 tested it) reads 0 and
+scores 0 without its landmark being evaluated, so with every memory empty the learned landmark's
+projection gets no gradient at all (None), as in v1.
 Parameter names are those of MultiMemoryLayer, so one state_dict loads into both.
 """
 
@@ -48,7 +51,7 @@ def check_v1(cfg: ModelConfig) -> None:
     """Raise ValueError unless `cfg` is a v1 configuration this reference computes."""
     m = cfg.memory
     off = [f"model.memory.{k}={getattr(m, k)!r}" for k, allowed in MEMORY_SWITCHES.items()
-           if getattr(m, k) != allowed[0] and k != "encoder_keys"]
+           if getattr(m, k) != allowed[0] and k not in ("encoder_keys", "write")]  # write: simple or delta
     if m.landmark not in V1_LANDMARKS:
         off.append(f"model.memory.landmark={m.landmark!r} (allowed: {', '.join(V1_LANDMARKS)})")
     if m.top_k:
@@ -73,6 +76,7 @@ class ReferenceMultiMemoryAttention(nn.Module):
         check_v1(cfg)
         D, H = cfg.hidden, cfg.heads
         self.H, self.d, self.eps, self.kind = H, cfg.head_dim, cfg.memory.eps, cfg.memory.landmark
+        self.delta = cfg.memory.write == "delta"
         self.q_proj = nn.Linear(D, D, bias=False)
         self.k_proj = nn.Linear(D, D, bias=False)
         self.v_proj = nn.Linear(D, D, bias=False)
@@ -96,6 +100,10 @@ class ReferenceMultiMemoryAttention(nn.Module):
         else:
             reads, scores = [], []
             for M, z in zip(mem.M, mem.z):  # one memory at a time
+                if z.sum() < 1e-6:  # v1: an empty memory reads 0, scores 0, its landmark is not evaluated
+                    reads.append(torch.zeros_like(v))
+                    scores.append(sq.new_zeros(B, self.H))
+                    continue
                 reads.append((sq @ M) / (sq @ z.unsqueeze(-1)).clamp_min(self.eps))  # [B, H, S, d]
                 ell = z if self.landmark is None else self.landmark.proj(z)  # [H, d]
                 scores.append((sq @ ell.unsqueeze(-1)).squeeze(-1).mean(-1))  # [B, H] mean over t
@@ -106,6 +114,10 @@ class ReferenceMultiMemoryAttention(nn.Module):
         if update_memory and mem is not None:  # write after the read, detached, round-robin
             with torch.no_grad():
                 j = mem.pointer
+                if self.delta:  # v1's delta rule: write what memory j cannot yet retrieve
+                    retrieved = torch.einsum("bhsd,hde->bhse", sk, mem.M[j])
+                    norm = torch.einsum("bhsd,hd->bhs", sk, mem.z[j]).clamp_min(self.eps).unsqueeze(-1)
+                    v = v - retrieved / norm
                 mem.M[j] = mem.M[j] + torch.einsum("bhsd,bhse->hde", sk, v) / (B * S)
                 mem.z[j] = mem.z[j] + sk.sum((0, 2)) / B
                 mem.pointer = (j + 1) % mem.num_memories

@@ -24,7 +24,7 @@ class LMOutput(NamedTuple):
     logits: torch.Tensor | None  # [B, S, V]; None when labels were given (loss_sum instead)
     mix_weights: torch.Tensor | None  # [B, H, S, N] landmark mixing weights of the memory layer
     gate: torch.Tensor | None  # [H] sigmoid(γ): share of the memory readout per head
-    loss_sum: torch.Tensor | None = None  # float32 Σ cross-entropy over tokens, when labels were given
+    loss_sum: torch.Tensor | None = None  # Σ cross-entropy over tokens (float32, float64 for a float64 model)
 
 LOSS_CHUNK = 512  # tokens per chunk of the LM head when the loss is computed without full logits
 
@@ -98,7 +98,8 @@ class TransformerLM(nn.Module):
         return LMOutput(self.embed_out(self.final_layer_norm(x)), w, gate)
 
     def _chunk_loss(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.embed_out(self.final_layer_norm(h)).float()  # [T, V]
+        logits = self.embed_out(self.final_layer_norm(h))  # [T, V]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 up to float32; float64 kept
         return F.cross_entropy(logits, labels, reduction="sum")
 
     def head_loss_sum(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -108,7 +109,7 @@ class TransformerLM(nn.Module):
         h, y = x.reshape(-1, x.shape[-1]), labels.reshape(-1)  # [T, D], [T]
         if not torch.is_grad_enabled():
             return self._chunk_loss(h, y)
-        total = h.new_zeros((), dtype=torch.float32)
+        total = h.new_zeros((), dtype=torch.promote_types(h.dtype, torch.float32))
         for i in range(0, y.numel(), LOSS_CHUNK):
             total = total + checkpoint(self._chunk_loss, h[i : i + LOSS_CHUNK], y[i : i + LOSS_CHUNK],
                                        use_reentrant=False)

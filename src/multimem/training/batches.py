@@ -2,8 +2,9 @@
 
 Files (brief, "Data formats"):
     lm_<split>.npy           int32 [n_chunks, chunk_len]
-    selection_<split>.npz    context int32 [E, N, segment_len], target int32 [E, target_len + 1],
-                             true_slot int64 [E], slot_domain int16 [E, N]
+    selection_<split>.npz    context int [E, N, segment_len], target int [E, target_len + 1],
+                             true_slot int64 [E], slot_domain int16 [E, N], and for the recall task
+                             target_mask bool [E, target_len] (the labels that are scored)
 
 The order of an epoch is a pure function of (seed, epoch), so a run resumed at step k of epoch e
 draws exactly the batches an uninterrupted run draws. `train.batch_size` is the GLOBAL batch: under
@@ -75,9 +76,14 @@ class SelectionExamples:
         slots = arrays["true_slot"]
         if e and (slots.min() < 0 or slots.max() >= n):
             raise DataFormatError(f"{path}: true_slot outside 0..{n - 1}")
+        mask = arrays.get("target_mask")
+        if mask is not None and (mask.dtype != np.bool_ or mask.shape != (e, arrays["target"].shape[1] - 1)):
+            raise DataFormatError(f"{path}: target_mask has dtype {mask.dtype} and shape {mask.shape}; expected "
+                                  f"bool [{e}, {arrays['target'].shape[1] - 1}]")
         self.context = arrays["context"]  # [E, N, Ls]
         self.target = arrays["target"]  # [E, T+1]
         self.true_slot = arrays["true_slot"]  # [E]
+        self.target_mask = mask  # [E, T] bool: labels scored (recall: the values), None = all
         self.path = path
 
     @classmethod
@@ -97,6 +103,7 @@ class SelectionExamples:
             "context": torch.from_numpy(np.asarray(self.context[idx], dtype=np.int64)),  # [B, N, Ls]
             "target": torch.from_numpy(np.asarray(self.target[idx], dtype=np.int64)),  # [B, T+1]
             "true_slot": torch.from_numpy(np.asarray(self.true_slot[idx], dtype=np.int64)),  # [B]
+            **({} if self.target_mask is None else {"target_mask": torch.from_numpy(self.target_mask[idx])}),  # [B, T]
         }
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from multimem.atomic import atomic_path
+from multimem.atomic import atomic_path, clean_stale
 
 FORMAT = "multimem-checkpoint-1"
 LAST, PREV = "last.pt", "prev.pt"
@@ -36,7 +36,8 @@ def _feed(h: "hashlib._Hash", obj: Any) -> None:
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        if t.numel():  # an empty tensor has no bytes (and .view(uint8) refuses its strides)
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     elif isinstance(obj, dict):
         h.update(f"D{len(obj)}".encode())
         for k in sorted(obj, key=repr):
@@ -122,8 +123,7 @@ class CheckpointStore:
 
     def load_latest(self) -> tuple[dict[str, Any], Path] | None:
         """The newest readable checkpoint and its path, or None if there is none."""
-        for stale in self.folder.glob(".last.tmp-*"):  # left by a save that was killed
-            stale.unlink(missing_ok=True)
+        clean_stale(self.last)  # a save that was killed leaves its temporary
         for path in (self.last, self.prev):
             if not path.exists():
                 continue
@@ -132,10 +132,10 @@ class CheckpointStore:
             except Exception as err:  # any failure to read means: do not trust this file
                 bad = path.with_name(path.name + ".corrupt")
                 os.replace(path, bad)
-                msg = (
-                    f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err}); "
-                    f"moved to {bad.name}, falling back to the previous checkpoint"
-                )
+                then = ("falling back to the previous checkpoint" if path == self.last and self.prev.exists()
+                        else "no other checkpoint, so the run starts from the beginning")
+                msg = (f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err}); "
+                       f"moved to {bad.name}, {then}")
                 warnings.warn(msg, CorruptCheckpointWarning, stacklevel=2)
                 print(f"WARNING: {msg}", file=sys.stderr)
         return None

@@ -1,7 +1,8 @@
 """Device choice, precision and determinism for a training run.
 
 CPU runs are float32 and bit-reproducible (`torch.use_deterministic_algorithms(True)` plus a fixed
-thread count). CUDA runs use bf16 autocast, TF32 matmuls and fused AdamW: fast, not bit-reproducible.
+thread count). CUDA runs use fused AdamW and, with `train.precision` bf16 (v2 default), bf16 autocast and
+TF32 matmuls: fast, not bit-reproducible; with precision float32 (v1 ran float32) neither autocast nor TF32.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from multimem.params import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("float32", "bf16")  # train.precision (v1 float32)
 
 
 class DeviceError(UserError, ValueError):
@@ -43,8 +45,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def configure_backend(device: torch.device, threads: int) -> None:
-    """CPU: deterministic algorithms and `threads` intra-op threads. CUDA: TF32 on."""
+def check_precision(precision: str) -> str:
+    """`precision` if it is one of PRECISIONS, else DeviceError naming train.precision."""
+    if precision not in PRECISIONS:
+        raise DeviceError(f"train.precision={precision!r}; allowed: {', '.join(PRECISIONS)}")
+    return precision
+
+
+def configure_backend(device: torch.device, threads: int, precision: str = "bf16") -> None:
+    """CPU: deterministic algorithms and `threads` intra-op threads. CUDA: TF32 on for precision bf16,
+    off for float32."""
+    tf32 = check_precision(precision) == "bf16"
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
         # deterministic mode NaN-fills every new tensor (~14% of a small step); results never read it
@@ -52,13 +63,13 @@ def configure_backend(device: torch.device, threads: int) -> None:
         if threads > 0:
             torch.set_num_threads(threads)
     else:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
 
 
-def autocast(device: torch.device) -> ContextManager:
-    """bf16 autocast on CUDA; a no-op (float32) on CPU."""
-    if device.type == "cuda":
+def autocast(device: torch.device, precision: str = "bf16") -> ContextManager:
+    """bf16 autocast on CUDA with precision bf16; a no-op (float32) on CPU and with precision float32."""
+    if check_precision(precision) == "bf16" and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from multimem.params import UserError
+from multimem.params import ParamsError, UserError
 from multimem.training.batches import batch_rows, epoch_order, steps_per_epoch
 from multimem.training.checkpoint import CheckpointStore, capture_rng, restore_rng
 from multimem.training.ddp import (
@@ -40,11 +40,14 @@ from multimem.training.ddp import (
     broadcast_parameters,
     sum_gradients,
 )
-from multimem.training.device import autocast, make_adamw
+from multimem.training.device import PRECISIONS, autocast, make_adamw
 from multimem.training.early_stopping import EarlyStopping
 from multimem.training.protocols import LMProtocol, SelectionProtocol, StepResult
 from multimem.atomic import write_json_atomic
 from multimem.training.weights import save_weights
+
+
+LOSS_REDUCTIONS = ("sum", "mean")  # train.loss_reduction (v1 sum)
 
 
 class Batches(Protocol):
@@ -71,6 +74,15 @@ class LoopConfig:
     max_steps: int = 0  # optimiser steps in all, 0 = no limit
     checkpoint_every: int = 50  # optimiser steps between mid-epoch checkpoints
     run_key: str = ""  # fingerprint of everything that determines the run
+    loss_reduction: str = "mean"  # backward of: mean = Σ loss / global tokens; sum = Σ loss (v1, reduction="sum")
+    precision: str = "bf16"  # CUDA: bf16 autocast (+ TF32, device.configure_backend) | float32 (v1); CPU float32
+
+    def __post_init__(self) -> None:
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ParamsError(f"train.loss_reduction: {self.loss_reduction!r} is not allowed; "
+                              f"allowed: {', '.join(LOSS_REDUCTIONS)}")
+        if self.precision not in PRECISIONS:
+            raise ParamsError(f"train.precision: {self.precision!r} is not allowed; allowed: {', '.join(PRECISIONS)}")
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,12 @@ class RunPaths:
 def perplexity(loss: float) -> float:
     """exp(loss), clamped at exp(700) so that it stays a finite JSON number."""
     return math.exp(min(loss, 700.0))
+
+
+def ppl_text(ppl: float) -> str:
+    """A perplexity for a message: 2 decimals below 1e6, else 3 significant digits (a diverged run's
+    exp(700) would print as a 300-digit number)."""
+    return f"{ppl:.2f}" if ppl < 1e6 else f"{ppl:.3g}"
 
 
 class _Sums:
@@ -236,10 +254,13 @@ class Trainer:
 
     def _train_step(self, batch: dict[str, torch.Tensor]) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device):
+        with autocast(self.device, self.cfg.precision):
             result = self.protocol.step(batch, training=True)
-        tokens = all_reduce_sum(torch.tensor([float(result.tokens)], device=self.device), self.dist)
-        (result.loss_sum / tokens[0]).backward()  # mean over the GLOBAL batch's tokens
+        if self.cfg.loss_reduction == "sum":  # v1: backward of the summed token loss (gradients summed over ranks)
+            result.loss_sum.backward()
+        else:
+            tokens = all_reduce_sum(torch.tensor([float(result.tokens)], device=self.device), self.dist)
+            (result.loss_sum / tokens[0]).backward()  # mean over the GLOBAL batch's tokens
         sum_gradients((p for _, p in self.named_params), self.dist)
         self._sync_bank(batch)
         loss_sum, n_tokens, stats = _global(result, self.dist)
@@ -267,7 +288,7 @@ class Trainer:
         order = np.arange(len(self.val_data))
         for step in range(steps_per_epoch(len(self.val_data), self.cfg.batch_size, self.dist.shard)):
             batch = self._to_device(self.val_data.batch(batch_rows(order, step, self.cfg.batch_size, self.dist.shard)))
-            with autocast(self.device):
+            with autocast(self.device, self.cfg.precision):
                 result = self.protocol.step(batch, training=False)
             self._sync_bank(batch)
             sums.add(*_global(result, self.dist))
@@ -291,7 +312,9 @@ class Trainer:
         }
         train_stats, val_stats = self.sums.means(), val.means()
         record.update({f"train/memory/{k}": v for k, v in train_stats.items() if k != "gate"})
-        record.update({f"val/memory/{k}": v for k, v in val_stats.items() if k != "gate"})
+        record.update({f"val/memory/{k}": v for k, v in val_stats.items() if k not in ("gate", "acc")})
+        if "acc" in val_stats:  # accuracy of the scored tokens (recall: value accuracy)
+            record["val/acc"] = val_stats["acc"]
         if "gate" in val_stats:
             record["memory/gate"] = val_stats["gate"]
         self.history.append(record)
@@ -306,8 +329,9 @@ class Trainer:
         self._save_checkpoint(started)
         if self.dist.is_main:
             tqdm.write(
-                f"epoch {record['epoch']}: train loss {record['train/loss']:.4f} (ppl {record['train/ppl']:.2f}), "
-                f"val loss {record['val/loss']:.4f} (ppl {record['val/ppl']:.2f}){' *' if improved else ''}"
+                f"epoch {record['epoch']}: train loss {record['train/loss']:.4f} "
+                f"(ppl {ppl_text(record['train/ppl'])}), "
+                f"val loss {record['val/loss']:.4f} (ppl {ppl_text(record['val/ppl'])}){' *' if improved else ''}"
             )
 
     def _run_epoch(self) -> None:
@@ -375,6 +399,7 @@ class Trainer:
             "best_epoch": best,
             "best_val_loss": self.stopper.best,
             "best_val_ppl": perplexity(self.stopper.best),
+            "best_val_acc": next((r.get("val/acc") for r in self.history if r["epoch"] == best), None),
             "epochs_run": self.epoch,
             "stopped_early": self.stopper.should_stop,
             "steps": self.global_step,

@@ -9,10 +9,12 @@ lm (v1, faithful)
     each validation batch as training does, so batch k reads what batches k-N..k-1 wrote.
     A model without a memory layer (the pretrain base) runs with bank=None.
 selection (v2)
-    context [B, N, Ls], target [B, T+1], true_slot [B]. A fresh bank per batch (state reset per example);
-    context[:, s] is written to slot s (detached or differentiable, train.write_grad), then
-    logits = model(target[:, :-1]), loss on target[:, 1:]. Landmark "oracle" gets oracle_slot=true_slot.
-    Validation is the same computation without gradients.
+    context [B, N, Ls], target [B, T+1], true_slot [B] (+ target_mask [B, T] for the recall task). A fresh
+    bank per batch (state reset per example); context[:, s] is written to slot s (detached or
+    differentiable, train.write_grad), then logits = model(target[:, :-1]), loss on the labels
+    target[:, 1:] that target_mask marks (all without a mask). Landmark "oracle" gets oracle_slot=true_slot.
+    Validation is the same computation without gradients, and also counts the scored labels predicted
+    right (stat "acc": recall value accuracy, or next-token accuracy of the continuation task).
 
 Both return the token-loss SUM and the token count, so that a mean over a global batch split across
 data-parallel ranks is sum_over_ranks(loss_sum) / global_tokens.
@@ -31,6 +33,7 @@ from multimem.model.transformer import LMOutput, TransformerLM
 from multimem.params import UserError
 
 PROTOCOLS = ("lm", "selection")
+IGNORE = -100  # label of an unscored position (F.cross_entropy's default ignore_index)
 EVAL_MEMORY = ("off", "on")
 WRITE_GRAD = ("detached", "differentiable")
 
@@ -133,13 +136,12 @@ class SelectionProtocol:
         if model.memory_layer is None:
             raise ProtocolError("train.protocol='selection' needs a model with a memory layer")
         self.model, self.detach = model, write_grad == "detached"
-        self.oracle = model.cfg.memory.landmark == "oracle"
         self.shared = model.cfg.memory.state == "shared"
 
     def start_epoch(self) -> None:
         """Nothing carries across batches."""
 
-    def step(self, batch: dict[str, torch.Tensor], training: bool) -> StepResult:
+    def step(self, batch: dict[str, torch.Tensor], training: bool, mixer: str | None = None) -> StepResult:
         context, target, true_slot = batch["context"], batch["target"], batch["true_slot"]
         B, N, _ = context.shape  # [B, N, Ls]
         if N != self.model.cfg.memory.num_memories:
@@ -150,9 +152,17 @@ class SelectionProtocol:
         bank = self.model.new_bank(None if self.shared else B)
         self.model.write_memories(context, bank, detach=self.detach)  # segment s -> slot s
         inputs, labels = target[:, :-1], target[:, 1:]  # [B, T] each
-        out = self.model(inputs, bank=bank, oracle_slot=true_slot if self.oracle else None,
+        scored = batch.get("target_mask")  # [B, T] bool (recall: the value tokens); None = every token
+        if scored is not None:
+            labels = labels.masked_fill(~scored, IGNORE)  # cross-entropy skips IGNORE labels
+        out = self.model(inputs, bank=bank, mixer=mixer, oracle_slot=true_slot,
                          labels=labels if training else None)
-        return StepResult(loss_sum(out, labels), labels.numel(), memory_stats(out, true_slot))
+        stats = memory_stats(out, true_slot)
+        n = int((labels != IGNORE).sum())
+        if out.logits is not None:  # validation: accuracy of the scored tokens (recall: value accuracy)
+            hit = (out.logits.argmax(-1) == labels) & (labels != IGNORE)
+            stats["acc"] = (float(hit.sum()), float(n))
+        return StepResult(loss_sum(out, labels), n, stats)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
