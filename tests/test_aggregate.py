@@ -126,7 +126,8 @@ def test_three_seed_difference_within_seed_noise_is_not_significant():
             for s, x in enumerate(d) for v in ("hsa_encoder", "memory_norm")]
     out = paired_differences(runs, ["test_ppl"], baseline="memory_norm", **KW)
     key = "diff.hsa_encoder-memory_norm.test_ppl"
-    assert out[f"{key}.ci_lo"] == pytest.approx(-0.287, abs=2e-3) and out[f"{key}.ci_hi"] == pytest.approx(0.027, abs=2e-3)
+    assert out[f"{key}.ci_lo"] == pytest.approx(-0.287, abs=2e-3)
+    assert out[f"{key}.ci_hi"] == pytest.approx(0.027, abs=2e-3)
     assert out[f"{key}.significant"] is False
 
 
@@ -179,7 +180,8 @@ def test_build_summary_with_per_example_results():
     assert len(cmp) == 12 and "cmp.oracle-none.loss" in cmp and "cmp.learned-hsa_mean.correct" in cmp
     ps = np.array([s.get(f"{c}.p", np.nan) for c in cmp])
     assert np.allclose([s.get(f"{c}.p_holm", np.nan) for c in cmp], holm(ps), rtol=1e-5, equal_nan=True)
-    assert s["cmp.oracle-none.loss.significant"] is True and s["cmp.oracle-none.loss.effect"] == pytest.approx(-0.8, abs=0.05)
+    assert s["cmp.oracle-none.loss.significant"] is True
+    assert s["cmp.oracle-none.loss.effect"] == pytest.approx(-0.8, abs=0.05)
     assert s["cmp.learned-none.loss.significant"] is True
     assert s["cmp.hsa_mean-none.loss.significant"] is False
     assert s["cmp.learned-none.loss.n_seeds"] == 3 and s["cmp.learned-none.loss.n_examples"] == 300
@@ -213,7 +215,8 @@ def test_per_example_frame_errors():
     dup = pd.concat([ex, ex.iloc[:1]])
     with pytest.raises(ValueError, match="duplicate"):
         build_summary(_runs(), METRICS, examples=dup, **BUILD_KW)
-    assert build_summary(_runs(), METRICS, examples=ex.iloc[:0], **BUILD_KW) == build_summary(_runs(), METRICS, **BUILD_KW)
+    empty = build_summary(_runs(), METRICS, examples=ex.iloc[:0], **BUILD_KW)
+    assert empty == build_summary(_runs(), METRICS, **BUILD_KW)
 
 
 def test_failed_runs_entry_is_allowed():

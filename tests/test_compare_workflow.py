@@ -20,9 +20,13 @@ from pipeline_helpers import ROOT, project_copy, run, tiny_params
 PRESETS = sorted((ROOT / "experiments").glob("*.yaml"))
 
 
+OPEN = {"cmp.oracle-none.correct.effect": 0.6, "cmp.oracle-none.correct.ci_lo": 0.55,
+        "cmp.oracle-none.correct.ci_hi": 0.65}  # the trained bracket is open: landmarks can be compared
+
+
 def _summary(metric: str, diffs: dict[str, tuple[float, bool]], n: int = 3) -> dict:
     """A summary.json with memory_norm the baseline and `diffs`: variant -> (mean_diff, significant)."""
-    s = {"memory_norm.sel_trained_top1.mean": 0.25, "memory_norm.test_ppl_oracle.mean": 10.0,
+    s = {**OPEN, "memory_norm.sel_trained_top1.mean": 0.25, "memory_norm.test_ppl_oracle.mean": 10.0,
          "memory_norm.test_ppl_none.mean": 12.0, f"memory_norm.{metric}.mean": 11.0}
     for v, (d, sig) in diffs.items():
         s[f"{v}.{metric}.mean"] = 11.0 + d
@@ -55,7 +59,27 @@ def test_headline_main_metric_follows_protocol_and_task() -> None:
     assert recall["verdict"] == "better than memory_norm: learned"  # higher accuracy is better
     one_seed = headline(_params(), _summary("test_ppl", {"learned": (-0.5, True)}, n=1))
     assert one_seed["verdict"] == "no different from memory_norm: learned"
-    assert headline(_params(), {"memory_norm.test_ppl.mean": 3.0})["verdict"] == "no comparison (one variant)"
+    assert headline(_params(), {**OPEN, "memory_norm.test_ppl.mean": 3.0})["verdict"] == \
+        "no comparison (one landmark variant)"
+    lm = _params(protocol="lm")
+    assert headline(lm, _summary("test_ppl", {"learned": (-0.5, True)}))["verdict"].startswith(
+        "landmarks not compared: train.protocol 'lm' has no true slot per example")
+
+
+def test_headline_bracket_from_trained_reference_variants() -> None:
+    p = _params(task="recall")
+    p["train"]["variants"] = ["oracle", "none", "memory_norm", "learned"]
+    p["eval"]["min_bracket"] = 0.5
+    s = {**OPEN, "cmp.oracle-none.correct.effect": 0.3,
+         "oracle.test_acc.mean": 0.6, "none.test_acc.mean": 0.3, "memory_norm.test_acc.mean": 0.35,
+         "learned.test_acc.mean": 0.4, "learned.test_acc_oracle.mean": 0.9,  # a test-time swap: not used
+         "diff.learned-memory_norm.test_acc.mean_diff": 0.05, "diff.learned-memory_norm.test_acc.significant": True,
+         "diff.learned-memory_norm.test_acc.n": 3}
+    h = headline(p, s)
+    assert h["bracket"] == {"oracle": 0.6, "none": 0.3, "gap": 0.3} and "oracle" not in h and "none" not in h
+    assert h["verdict"].startswith("landmarks not compared: the trained oracle beats trained none by 30.0%")
+    p["eval"]["min_bracket"] = 0.2
+    assert headline(p, s)["verdict"] == "better than memory_norm: learned"
     props = schema()["properties"]
     for name in [*props["train"]["properties"]["protocol"]["enum"], *props["memories"]["properties"]["task"]["enum"]]:
         assert name in MAIN_METRIC or name == "selection"  # selection: its memories.task decides
@@ -177,20 +201,25 @@ def clone(tmp_path_factory):
     path = tmp_path_factory.mktemp("clone") / "multimem"
     run(["git", "clone", "-q", str(origin), str(path)], origin)
     run(["dvc", "repro"], path)
-    return path
+    status = _git(path, "status", "--porcelain")
+    check = run(["python", "-m", "multimem.experiment", "check"], path, check=False)
+    run(["git", "commit", "-qm", "dvc.lock of this clone's run", "dvc.lock"], path)  # as the README says
+    return path, status, check
 
 
 slow = pytest.mark.slow
 
 
 @slow
-def test_make_run_on_a_fresh_clone_leaves_main_clean(clone):
-    assert _git(clone, "status", "--porcelain") == ""
-    assert "matches" in run(["python", "-m", "multimem.experiment", "check"], clone).stdout
+def test_make_run_on_a_fresh_clone_reproduces_main(clone):
+    _, status, check = clone
+    assert status == "M dvc.lock"  # metrics and report byte-identical; the lock records this clone's models
+    assert check.returncode == 0 and "matches" in check.stdout
 
 
 @slow
 def test_readme_branch_workflow_then_diffs(clone):
+    clone = clone[0]
     run(["python", "-m", "multimem.experiment", "new", "landmark_v1-demo"], clone)
     run(["dvc", "repro"], clone)
     run("git add -A && git commit -qm 'v1 demo: results'", clone)
@@ -220,6 +249,7 @@ def test_readme_branch_workflow_then_diffs(clone):
 
 @slow
 def test_snakemake_default_target_and_any_preset_by_name(clone, tmp_path):
+    clone = clone[0]
     fresh = tmp_path / "fresh"
     run(["git", "clone", "-q", str(clone), str(fresh)], tmp_path)
     dry = run(["snakemake", "--cores", "1", "-n"], fresh).stdout

@@ -242,9 +242,14 @@ def test_a_non_utf8_document_is_named(tmp_path: Path) -> None:
         prepare(_data(texts), tmp_path / "prepared")
 
 
-def test_truncated_hf_weights_are_named(tmp_path: Path, hf_folder: Path) -> None:  # noqa: F811
+@pytest.mark.parametrize("damage", ["truncated", "bin-without-the-weights"])
+def test_a_bad_hf_checkpoint_is_named(tmp_path: Path, hf_folder: Path, damage: str) -> None:  # noqa: F811
     weights = hf_folder / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:  # transformers would load it and start every weight from random values, with a warning
+        weights.unlink()
+        torch.save({"state": {"x": torch.zeros(2)}}, hf_folder / "pytorch_model.bin")
     params = tiny_params("selection", init_from="base")
     params["pretrain"].update(init=f"hf:{hf_folder}", epochs=0)
     with pytest.raises(UserError, match=r"pretrain\.init: 'hf:.*cannot be loaded"):

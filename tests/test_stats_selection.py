@@ -141,9 +141,12 @@ def _bracket(rng, n_seeds, gap, recovered, n=400, seed_sd=0.02):
 
 def test_recovered_fraction_only_when_the_bracket_is_open():
     rng = np.random.default_rng(5)
-    lm, none, oracle = _bracket(rng, 3, gap=0.0, recovered=0.5)
-    r, why = recovered_fraction(lm, none, oracle)
+    lm, none, oracle = _bracket(rng, 3, gap=0.5, recovered=0.5)
+    r, why = recovered_fraction(lm, none, none.copy())  # oracle no better than none: zero spread
     assert r is None and "bracket closed" in why
+    opened = [recovered_fraction(*_bracket(rng, 3, gap=0.0, recovered=0.5))[0] is not None for _ in range(300)]
+    print(f"\nbracket opened by chance (no oracle - none gap, 3 seeds): {np.mean(opened):.3f}")
+    assert np.mean(opened) <= 0.08  # a 5%-level test of the bracket; 300 draws: 5% + 2.4 standard errors
     lm, none, oracle = _bracket(rng, 5, gap=0.6, recovered=0.4)
     r, why = recovered_fraction(lm, none, oracle)
     assert why == "" and r.n_seeds == 5 and r.n_examples == 400

@@ -120,7 +120,8 @@ def test_a_planted_difference_is_detected(n_seeds, effect):
     data = simulate(np.random.default_rng(99), 300, n_seeds, MODEL_SD["seed_heavy"], effect=effect)
     r = run_report_rule(data["loss"])
     hit = r["significant"][:, 1:]  # (2, 0) and (2, 1) carry the planted difference
-    print(f"\npower, {n_seeds} seeds, effect {effect}: {hit.mean():.3f}; null pair called {r['significant'][:, 0].mean():.3f}")
+    print(f"\npower, {n_seeds} seeds, effect {effect}: {hit.mean():.3f}; "
+          f"null pair called {r['significant'][:, 0].mean():.3f}")
     assert hit.mean() >= 0.8
     assert r["significant"][:, 0].mean() <= 0.06
     effects = np.array([paired_compare(data["loss"][i, 2], data["loss"][i, 0], n_permutations=1).effect

@@ -9,14 +9,17 @@ name; the detail (metrics/<experiment>/summary.json, runs/, plots/) stays where 
 
 Headline keys (absent when not computed):
     experiment, metric               the experiment; the main metric (MAIN_METRIC by protocol and task)
-    bracket.{oracle,none}            the main metric under these reference mixers, mean over variants
+    bracket.{oracle,uniform,none}    the main metric of the trained reference variants; without them, of
+                                     every variant with the mixer swapped in at test time (mean over variants)
     bracket.gap                      how much better the oracle slot is than no memory (the room landmarks have)
     <variant>.<key>                  the main metric, mean over seeds, under a key that does not name the
                                      split (ppl, value_acc), so `dvc metrics diff` pairs v1's val with v2's test
     <variant>.selection_top1         top-1 accuracy of the trained landmark on the held-out domain queries
     <variant>.task_selection         share of report-split task examples whose chosen slot is the true one
-    verdict                          the variants better / worse than the baseline on the main metric
-                                     (paired over seeds, significant at eval.confidence)
+                                     (<variant>: the landmark variants; oracle, uniform, none are the bracket)
+    verdict                          the landmarks better / worse than the baseline on the main metric (paired
+                                     over seeds, significant at eval.confidence), or why the run cannot compare
+                                     landmarks (report_tables.validity, the report's own judgement)
 To add a key, add a section: a function (params, summary) -> dict, listed in SECTIONS.
 """
 
@@ -27,10 +30,11 @@ from typing import Any, Callable
 
 from multimem.atomic import write_json_atomic, write_text_atomic
 from multimem.evaluation.report_data import to_csv
+from multimem.evaluation.report_tables import validity
+from multimem.model.config import LANDMARKS, REFERENCE_MIXERS
 
 HEADLINE = "headline.json"
 COMPARED = ("learning_curves", "ppl_bracket", "selection_accuracy")
-REFERENCE_MIXERS = ("oracle", "none")
 
 # train.protocol 'lm', or the memories.task of protocol 'selection' -> (main metric of a run record,
 # "{split}" = eval.report_split, reference mixers add "_<mixer>"; its headline key; higher is better)
@@ -54,8 +58,8 @@ def _mean(summary: dict[str, Any], variant: str, metric: str) -> float | None:
     return summary.get(f"{variant}.{metric}.mean")
 
 
-def _variants(params: dict[str, Any], summary: dict[str, Any]) -> list[str]:
-    return [v for v in params["train"]["variants"] if any(k.startswith(f"{v}.") for k in summary)]
+def _variants(params: dict[str, Any], summary: dict[str, Any], among: tuple[str, ...]) -> list[str]:
+    return [v for v in params["train"]["variants"] if v in among and any(k.startswith(f"{v}.") for k in summary)]
 
 
 def _identity(params: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
@@ -64,9 +68,13 @@ def _identity(params: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]
 
 def _bracket(params: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     (metric, _, higher), out = main_metric(params), {}
+    trained = _variants(params, summary, REFERENCE_MIXERS)
     for mixer in REFERENCE_MIXERS:
-        means = [_mean(summary, v, f"{metric}_{mixer}") for v in _variants(params, summary)]
-        values = [m for m in means if m is not None]
+        if trained:
+            values = [m] if (m := _mean(summary, mixer, metric)) is not None else []
+        else:
+            means = [_mean(summary, v, f"{metric}_{mixer}") for v in _variants(params, summary, LANDMARKS)]
+            values = [m for m in means if m is not None]
         if values:
             out[mixer] = round(sum(values) / len(values), 6)
     if "oracle" in out and "none" in out:
@@ -76,7 +84,7 @@ def _bracket(params: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
 
 def _per_variant(params: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     (metric, key, _), out = main_metric(params), {}
-    for v in _variants(params, summary):
+    for v in _variants(params, summary, LANDMARKS):
         row = {key: _mean(summary, v, metric), "selection_top1": _mean(summary, v, "sel_trained_top1"),
                "task_selection": _mean(summary, v, "task_sel_acc")}
         if row := {k: x for k, x in row.items() if x is not None}:
@@ -85,17 +93,19 @@ def _per_variant(params: dict[str, Any], summary: dict[str, Any]) -> dict[str, A
 
 
 def _verdict(params: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    if not (v := validity(params, summary))["can_compare"]:
+        return {"verdict": f"landmarks not compared: {v['why'].split(':')[0]}"}
     metric, _, higher = main_metric(params)
     better, worse, same, baseline = [], [], [], None
     for key, significant in summary.items():
         parts = key.split(".")
-        if parts[0] != "diff" or parts[2:] != [metric, "significant"]:
+        if parts[0] != "diff" or parts[2:] != [metric, "significant"] or parts[1].split("-")[0] not in LANDMARKS:
             continue
         variant, baseline = parts[1].split("-", 1)
         d, n = summary[f"diff.{parts[1]}.{metric}.mean_diff"], summary[f"diff.{parts[1]}.{metric}.n"]
         (same if n < 2 or not significant else better if (d > 0) == higher else worse).append(variant)
     if baseline is None:
-        return {"verdict": "no comparison (one variant)"}
+        return {"verdict": "no comparison (one landmark variant)"}
     said = [f"{label} {baseline}: {', '.join(vs)}" for label, vs in
             (("better than", better), ("worse than", worse), ("no different from", same)) if vs]
     return {"verdict": "; ".join(said)}

@@ -1,6 +1,7 @@
 """The plot tables of metrics/<experiment>/plots/ (CSV, one row per record, columns fixed):
 
-    learning_curves.csv      variant, seed, epoch, split, loss, ppl           (train and val, per epoch)
+    learning_curves.csv      variant, seed, epoch, split, loss, ppl, acc      (train and val, per epoch; acc: val
+                                                                               accuracy of the scored tokens)
     ppl_bracket.csv          variant, seed, mixer, split, ppl                 (landmark and reference mixers)
     selection_accuracy.csv   variant, seed, model, k, acc, ci_lo, ci_hi, chance   (model: initial | trained)
     selection_confusion.csv  variant, model, true_domain, predicted_domain, count (summed over seeds)
@@ -16,7 +17,7 @@ from typing import Any, Iterable, Sequence
 from multimem.evaluation.runs import Run
 
 TABLES: dict[str, tuple[str, ...]] = {
-    "learning_curves": ("variant", "seed", "epoch", "split", "loss", "ppl"),
+    "learning_curves": ("variant", "seed", "epoch", "split", "loss", "ppl", "acc"),
     "ppl_bracket": ("variant", "seed", "mixer", "split", "ppl"),
     "selection_accuracy": ("variant", "seed", "model", "k", "acc", "correct", "n", "ci_lo", "ci_hi", "chance"),
     "selection_confusion": ("variant", "model", "true_domain", "predicted_domain", "count"),
@@ -41,7 +42,8 @@ def learning_curve(run: Run) -> list[dict[str, Any]]:
             for split in CURVE_SPLITS:
                 if f"{split}/loss" in rec:
                     rows.append({"variant": run.variant, "seed": run.seed, "epoch": int(rec["epoch"]),
-                                 "split": split, "loss": rec[f"{split}/loss"], "ppl": rec[f"{split}/ppl"]})
+                                 "split": split, "loss": rec[f"{split}/loss"], "ppl": rec[f"{split}/ppl"],
+                                 "acc": rec.get(f"{split}/acc", "")})
         return rows
     folder = run.files.live / "plots" / "metrics"
     for split in CURVE_SPLITS:
@@ -49,7 +51,7 @@ def learning_curve(run: Run) -> list[dict[str, Any]]:
         if loss_path.is_file() and ppl_path.is_file():
             loss, ppl = _read_tsv(loss_path), _read_tsv(ppl_path)
             rows += [{"variant": run.variant, "seed": run.seed, "epoch": step + 1, "split": split,
-                      "loss": loss[step], "ppl": ppl[step]} for step in sorted(set(loss) & set(ppl))]
+                      "loss": loss[step], "ppl": ppl[step], "acc": ""} for step in sorted(set(loss) & set(ppl))]
     return sorted(rows, key=lambda r: (r["epoch"], CURVE_SPLITS.index(r["split"])))
 
 

@@ -5,9 +5,13 @@ models/ -> metrics/<experiment>/ (written whole, atomically; params["experiment"
     examples.csv                  one row per (variant, seed, report-split example) of the selection protocol:
                                   true_slot, chosen_slot (-1: no landmark), loss, tokens, correct (fraction of
                                   the scored tokens predicted right: recall value accuracy)
-    summary.json                  multimem.evaluation.aggregate.build_summary over seeds: <variant>.<metric>.{mean,
-                                  std,ci_lo,ci_hi,n} and diff.<variant>-<baseline>.<metric>.{...}, baseline
-                                  memory_norm (else the first variant evaluated); SUMMARY_METRICS only
+    summary.json                  multimem.evaluation.aggregate.build_summary: <variant>.<metric>.{mean,std,ci_lo,
+                                  ci_hi,n} (Student-t over seeds); with per-example results (selection protocol)
+                                  cmp.<a>-<b>.<metric>.{effect,ci_lo,ci_hi,p,p_holm,significant} (paired over
+                                  examples and seeds, Holm-corrected), <landmark>.choice_* (selection of the slot
+                                  per test example, collapse), recovered fractions; without them (lm protocol)
+                                  diff.<variant>-<baseline>.<metric>.{...} over seeds, baseline memory_norm;
+                                  failed_runs
     plots/*.csv                   multimem.evaluation.report_data.TABLES
 
 Run record (absent keys: not computed for this run):
@@ -195,8 +199,8 @@ def evaluate(params: dict[str, Any], paths: Paths = Paths()) -> dict[str, Any]:
     """The evaluate stage; returns {"records", "summary", "missing", "out"}."""
     t, ev = params["train"], params["eval"]
     runs, missing = find_runs(paths.models, t["variants"], t["seeds"])  # first: finished runs verified
-    failed = failed_runs(paths.models, t["variants"], t["seeds"])
-    missing = [m for m in missing if m not in failed]
+    failed = failed_runs(paths.models, t["variants"], t["seeds"])  # reported, never evaluated
+    runs, missing = [r for r in runs if r.name not in failed], [m for m in missing if m not in failed]
     if not runs:
         raise RunError(f"no trained run under {paths.models}/ for train.variants {t['variants']} × seeds "
                        f"{t['seeds']}; run stage train first (`python pipeline/train.py --variant V --seed K`)")
@@ -215,8 +219,11 @@ def evaluate(params: dict[str, Any], paths: Paths = Paths()) -> dict[str, Any]:
     records = [r.record for r in results]
     variants = [r["variant"] for r in records]
     baseline = BASELINE if BASELINE in variants else variants[0]
-    summary = build_summary(records, summary_metrics(params, records), baseline, ev["confidence"],
-                            ev["bootstrap_resamples"], ev["seed"])
+    examples = examples_frame(results)
+    per_example = not examples.empty  # selection protocol: paired per-example statistics (cmp.*) replace diff.*
+    summary = build_summary(records, summary_metrics(params, records), None if per_example else baseline,
+                            ev["confidence"], ev["bootstrap_resamples"], ev["seed"],
+                            examples=examples if per_example else None)
     summary["failed_runs"] = failed  # <variant>-seed<k> -> why (oracle start missed train.oracle_gate)
     tables = {name: [row for r in results for row in r.tables[name]] for name in TABLES}
     for variant in dict.fromkeys(variants):
@@ -228,7 +235,7 @@ def evaluate(params: dict[str, Any], paths: Paths = Paths()) -> dict[str, Any]:
         for r in results:
             write_json_atomic(tmp / "runs" / f"{r.record['variant']}-seed{r.record['seed']}.json", r.record)
         write_json_atomic(tmp / "summary.json", summary)
-        write_text_atomic(tmp / EXAMPLES, examples_frame(results).to_csv(index=False, float_format="%.6g"))
+        write_text_atomic(tmp / EXAMPLES, examples.to_csv(index=False, float_format="%.6g"))
         for name, rows in tables.items():
             write_text_atomic(tmp / "plots" / f"{name}.csv", to_csv(name, rows))
     write_compared(paths.metrics, params, summary, tables)  # metrics/headline.json, what DVC diffs across branches
@@ -240,11 +247,13 @@ def failed_runs(models: Path, variants: list[str], seeds: list[int]) -> dict[str
     out = {}
     for v in variants:
         for s in seeds:
-            path = models / v / f"seed{s}" / "train_summary.json"
-            if path.is_file():
+            path = models / v / f"seed{s}" / "manifest.json"  # a failed run's manifest names why
+            try:
                 reason = json.loads(path.read_text(encoding="utf-8")).get("failed")
-                if reason:
-                    out[f"{v}-seed{s}"] = reason
+            except (OSError, ValueError, AttributeError):
+                reason = None  # no readable record of a failure: find_runs judges the folder
+            if reason:
+                out[f"{v}-seed{s}"] = reason
     return out
 
 

@@ -54,7 +54,11 @@ def load_gpt_neox(path_or_id: str) -> TransformerLM:
         require_hub(f"pretrained weights {path_or_id!r}")
     hf_config = AutoConfig.from_pretrained(path_or_id)
     cfg = config_from_hf(hf_config)
-    hf = GPTNeoXForCausalLM.from_pretrained(path_or_id, dtype=torch.float32)
+    hf, info = GPTNeoXForCausalLM.from_pretrained(path_or_id, dtype=torch.float32, output_loading_info=True)
+    absent = [*info.get("missing_keys", []), *info.get("mismatched_keys", [])]
+    if absent:  # transformers would start these from random values with only a warning
+        raise CheckpointError(f"checkpoint {path_or_id!r} lacks or mis-shapes {len(absent)} weights, e.g. "
+                              f"{sorted(map(str, absent))[:3]}")
     state = {k.removeprefix("gpt_neox."): v for k, v in hf.state_dict().items()}
     if "lm_head.weight" in state:  # transformers >= 5 names Pythia's `embed_out` lm_head
         state["embed_out.weight"] = state.pop("lm_head.weight")

@@ -76,7 +76,7 @@ def _nonempty(*datasets: LMChunks | SelectionExamples) -> None:
 
 def damaged_run_hint(out: Path) -> str:
     """What to do about a finished run folder whose files no longer match its manifest.json."""
-    return f"restore it (`dvc checkout {out}`) or delete {out}/ and rerun its train stage"
+    return f"restore it (`dvc checkout --force {out}`) or delete {out}/ and rerun its train stage"
 
 
 def _finished(out: Path, key: str) -> dict[str, Any] | None:
@@ -255,8 +255,12 @@ def start(
     else:
         info["converged"] = True
     write_json_atomic(out / START, info)
-    names = [START] + (["best.safetensors", CONFIG] if t["init_from"] == "oracle" else [])
-    write_json_atomic(out / "manifest.json", {"stage": "start", "files": {n: sha256_file(out / n) for n in names}})
+    fields: dict[str, Any] = {"stage": "start"}
+    names = [START]
+    if t["init_from"] == "oracle":  # keep the run key of the oracle run, so a rerun finds it finished
+        fields["run_key"] = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("run_key")
+        names += ["best.safetensors", CONFIG, "train_summary.json"]
+    record_manifest(out, names, fields)
     return info
 
 
@@ -290,6 +294,7 @@ def train(
         if reason is not None:
             summary = {"variant": variant, "seed": seed, "failed": reason}
             write_json_atomic(out / "train_summary.json", summary)
+            record_manifest(out, ["train_summary.json"], {"stage": "train", "failed": reason})
             print(f"not trained: {reason}")
             return summary
         return _fit(params, variant, seed, Path(data), start_dir, "best.safetensors", out, checkpoint_every)

@@ -1,0 +1,70 @@
+"""The report's computed statements: whether a run can compare landmarks, and no landmark conclusion when
+it cannot (planted summaries, no pipeline run)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from multimem.evaluation.report_tables import chance_level, conclusions, landmark_table, validity, validity_text
+from pipeline_helpers import tiny_params
+
+P = tiny_params(**{"train.variants": ["oracle", "none", "learned"], "eval.min_bracket": 0.5})
+
+
+def planted(gap: float, lo: float, hi: float) -> dict:
+    s = {"oracle.correct.mean": 0.02 + gap, "none.correct.mean": 0.02, "learned.correct.mean": 0.4,
+         "learned.correct.ci_lo": 0.3, "learned.correct.ci_hi": 0.5, "learned.correct.n": 3,
+         "cmp.oracle-none.correct.effect": gap, "cmp.oracle-none.correct.ci_lo": lo,
+         "cmp.oracle-none.correct.ci_hi": hi, "cmp.oracle-none.correct.significant": lo > 0,
+         "learned.choice_bal_acc.mean": 0.6, "learned.choice_bal_acc.ci_lo": 0.55,
+         "learned.choice_bal_acc.ci_hi": 0.65, "learned.choice_bal_acc.chance": 0.125,
+         "learned.choice_bal_acc.p": 0.001, "learned.choice_collapse.top_share": 0.2,
+         "learned.choice_collapse.entropy_norm": 0.95, "failed_runs": {}}
+    return s
+
+
+def test_chance_is_one_over_the_values_on_the_recall_task():
+    assert chance_level(P) == 1 / P["memories"]["recall"]["num_values"]
+    q = copy.deepcopy(P)
+    q["memories"]["task"] = "continuation"
+    assert chance_level(q) is None
+
+
+def test_an_open_bracket_lets_the_run_compare_landmarks():
+    v = validity(P, planted(0.7, 0.65, 0.75))
+    assert v["can_compare"] and "beats trained none by 70.0%" in v["why"]
+    text = conclusions(P, planted(0.7, 0.65, 0.75))
+    assert "`learned`" in text and "above chance 12.5%" in text
+
+
+@pytest.mark.parametrize("gap, lo, hi, why", [
+    (0.3, 0.25, 0.35, "short of eval.min_bracket 50.0%"),  # open but smaller than the parameter
+    (0.6, -0.1, 1.3, "short of eval.min_bracket"),  # large but its interval includes 0
+])
+def test_a_closed_bracket_draws_no_landmark_conclusion(gap, lo, hi, why):
+    s = planted(gap, lo, hi)
+    v = validity(P, s)
+    assert not v["can_compare"] and why in v["why"]
+    text = conclusions(P, s)
+    assert text.startswith("_No landmark conclusions") and "`learned`" not in text
+    assert "cannot compare landmarks" in validity_text(P, s)
+
+
+def test_an_untrained_bracket_or_the_lm_protocol_cannot_compare():
+    s = planted(0.7, 0.65, 0.75)
+    del s["cmp.oracle-none.correct.effect"]
+    assert "bracket was not trained" in validity(P, s)["why"]
+    q = copy.deepcopy(P)
+    q["train"]["protocol"] = "lm"
+    assert not validity(q, planted(0.7, 0.65, 0.75))["can_compare"]
+
+
+def test_failed_seeds_are_named_and_the_landmark_table_shows_collapse():
+    s = planted(0.7, 0.65, 0.75)
+    s["failed_runs"] = {"learned-seed2": "the oracle start of seed 2 did not converge"}
+    assert "learned-seed2" in validity_text(P, s)
+    tbl = landmark_table(P, s)
+    assert list(tbl.index) == ["oracle", "none", "learned"]  # the trained bracket beside the landmark
+    assert tbl.loc["learned", "top-slot share"] == "20.0%" and tbl.loc["oracle", "top-slot share"] == ""
