@@ -131,7 +131,9 @@ def test_shuffled_chunks_stage_cuts_the_unseparated_document_stream(tmp_path):
     out = tmp_path / "prepared"
     docs = Documents.load(out / "documents.npz")
     assert (docs.split == -1).all() and manifest["n_documents"].keys() == {"unsplit"}
-    windows = {tuple(docs.tokens[k * 32:(k + 1) * 32]): k for k in range(100)}
+    L = manifest["chunk_tokens"]  # v1: chunk_len + 1 tokens per chunk, so that inputs are chunk_len long
+    assert L == 33
+    windows = {tuple(docs.tokens[k * L:(k + 1) * L]): k for k in range(100)}
     train, val = np.load(out / "lm_train.npy"), np.load(out / "lm_val.npy")
     assert (len(train), len(val), len(np.load(out / "lm_test.npy"))) == (90, 10, 0)
     assert sorted(windows[tuple(c)] for c in np.concatenate([train, val])) == list(range(100))

@@ -62,11 +62,11 @@ def _params(root: Path, protocol: str, variants: list[str], seeds: list[int], **
     p["experiment"] = f"tiny_{protocol}"
     p["model"].update(TINY_MODEL)
     p["model"]["memory"].update(TINY_MEMORY)
-    p["memories"]["num_memories"] = N
+    p["memories"].update(num_memories=N, task="continuation")  # the synthetic files are continuation-shaped
     p["data"]["vocab_size"] = V
     p["pretrain"]["init"] = "scratch"
     p["train"].update(variants=variants, seeds=seeds, epochs=2, patience=1, batch_size=4, max_steps_per_epoch=2,
-                      threads=1, device="cpu", **train_changes)
+                      threads=1, device="cpu", init_from="base", **train_changes)
     p["eval"].update(top_k=[1, 2], bootstrap_resamples=200)
     if protocol == "lm":  # v1's protocol switches
         p["data"].update(split="shuffled_chunks", test_fraction=0)
@@ -124,13 +124,21 @@ def test_selection_outputs_have_the_contract_formats(selection_stage):
     root, params, out, _ = selection_stage
     names = sorted(_files(out))
     runs = [f"runs/{v}-seed{s}.json" for v in ("memory_norm", "learned", "hsa_encoder", "oracle") for s in (0, 1)]
-    assert names == sorted(runs + ["summary.json"] + [f"plots/{t}.csv" for t in TABLES])
+    assert names == sorted(runs + ["summary.json", "examples.csv"] + [f"plots/{t}.csv" for t in TABLES])
     summary = json.loads((out / "summary.json").read_text())
     validate_summary(summary)
     for key in ("learned.test_ppl.mean", "learned.val_ppl.ci_hi", "oracle.test_ppl.n", "learned.test_ppl_oracle.mean",
                 "hsa_encoder.sel_trained_top1.mean", "learned.sel_initial_top2.std", "learned.top_slot_true.mean",
-                "diff.learned-memory_norm.test_ppl.mean_diff", "diff.oracle-memory_norm.test_ppl_none.significant"):
+                "learned.correct.mean", "cmp.memory_norm-learned.correct.effect", "cmp.learned-oracle.loss.p_holm",
+                "cmp.memory_norm-learned.correct.significant", "learned.choice_bal_acc.mean",
+                "learned.choice_collapse.top_share"):
         assert key in summary, key
+    assert not any(k.startswith("diff.") for k in summary)  # seed-level diffs only without per-example results
+    examples = _csv(out / "examples.csv")  # one row per (variant, seed, test example)
+    assert len(examples) == 4 * 2 * 6
+    assert {r["chosen_slot"] for r in examples if r["variant"] == "oracle"} == {"-1"}  # no landmark
+    assert all(0 <= int(r["chosen_slot"]) < N for r in examples if r["variant"] == "learned")
+    assert all(0 <= float(r["correct"]) <= 1 and int(r["tokens"]) == 8 for r in examples)
     assert not any(k.startswith("oracle.sel_") for k in summary)
     for f in runs:
         rec = json.loads((out / f).read_text())
@@ -240,7 +248,8 @@ def test_initial_model_is_the_model_training_started_from(lm_stage):
     assert trained.keys() == start.keys()
     for name in trained:  # lr 1e-9: a few AdamW steps move each weight by ~1e-9
         assert torch.allclose(trained[name], start[name], atol=1e-6), name
-    landmark = "layers.0.attention.landmark.proj.weight"  # drawn from the run's seed, not copied from the base
+    ml = run.config().memory_layer
+    landmark = f"layers.{ml}.attention.landmark.proj.weight"  # drawn from the run's seed, not copied from the base
     assert not torch.allclose(start[landmark], other_seed[landmark], atol=1e-3)
     rec = json.loads((lm_stage[2] / "runs/learned-seed3.json").read_text())
     assert rec["sel_trained_top1"] == rec["sel_initial_top1"]

@@ -17,11 +17,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline_helpers import BASE_PARAMS
 from multimem.params import SCHEMA_PATH, ParamsError, UserError, load_params, schema, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "experiments").glob("*.yaml"))
-VALID = load_params(ROOT / "params.yaml")
+VALID = load_params(BASE_PARAMS)  # main's preset, never the checkout's params.yaml
 DELETE = object()
 VARIANTS = "memory_norm, learned, hsa_mean, hsa_encoder, oracle, uniform, none"
 
@@ -94,9 +95,9 @@ BAD = [
                                                "scratch, pretrain, a string matching ^hf:.+"], id="unknown-init"),
     pytest.param({"experiment": "my exp"}, ["experiment: 'my exp' does not match"], id="bad-experiment-name"),
     pytest.param({"model.memory.top_k": 12},
-                 ["model.memory.top_k: 12 exceeds model.memory.num_memories (11)", "1..11"], id="top-k-above-n"),
+                 ["model.memory.top_k: 12 exceeds model.memory.num_memories (8)", "1..8"], id="top-k-above-n"),
     pytest.param({"memories.num_memories": 10},
-                 ["memories.num_memories: 10 differs from model.memory.num_memories (11)"], id="memories-mismatch"),
+                 ["memories.num_memories: 10 differs from model.memory.num_memories (8)"], id="memories-mismatch"),
     pytest.param({"model.hidden": 130}, ["model.hidden: 130 is not divisible by model.heads (4)"],
                  id="hidden-not-divisible"),
     pytest.param({"model.memory.encoder_heads": 3},
@@ -134,11 +135,11 @@ BAD = [
                  ["data.test_fraction: 0.1 with data.split 'shuffled_chunks'", "data.split: 'shuffled_chunks' is not "
                   "allowed with train.protocol 'selection'"], id="shuffled-chunks-with-test-split"),
     pytest.param({"data.test_fraction": 0}, ["eval.report_split: 'test' needs a test split", "allowed: val",
-                                             "memories.examples_test: 250 but there are no test documents"],
+                                             "memories.examples_test: 1000 but there are no test documents"],
                  id="report-test-without-test-split"),
-    pytest.param({"eval.top_k": [1, 12]}, ["eval.top_k: 12 exceeds model.memory.num_memories (11)"],
+    pytest.param({"eval.top_k": [1, 12]}, ["eval.top_k: 12 exceeds model.memory.num_memories (8)"],
                  id="eval-top-k-above-n"),
-    pytest.param({"pretrain.epochs": 0}, ["pretrain.epochs: 0 with pretrain.init 'pretrain'"],
+    pytest.param({"pretrain.init": "pretrain", "pretrain.epochs": 0}, ["pretrain.epochs: 0 with pretrain.init 'pretrain'"],
                  id="pretrain-zero-epochs"),
     pytest.param({"pretrain.init": "hf:not a hub id"}, ["neither a local folder nor a hub id"], id="hf-bad-hub-id"),
     pytest.param({"pretrain.init": hf_folder({**NEOX, "model_type": "llama"})},

@@ -53,7 +53,9 @@ def test_fine_tune_from_hf_weights(tmp_path: Path, hf_folder: Path) -> None:
     summary = runs.train(params, "hsa_mean", 0, tmp_path / "data", tmp_path / "models/base", tmp_path / "models")
     run = tmp_path / "models/hsa_mean/seed0"
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["base"]["init"] == f"hf:{hf_folder}" and cfg["from_base"]["kept"] == ["layers.0.attention.gate"]
+    ml = params["model"]["memory_layer"]  # only the memory layer's own parameters are not in the base
+    assert cfg["init"]["init"] == f"hf:{hf_folder}"
+    assert cfg["from_init"]["kept"] == [f"layers.{ml}.attention.gate", f"layers.{ml}.attention.landmark.log_temperature"]
     losses = [h["train/loss"] for h in summary["history"]]
     assert len(losses) == 2 and losses[1] < losses[0]
     assert (run / "live" / "metrics.json").exists()

@@ -28,6 +28,7 @@ rule preset:
         tree=lambda w: f"build/{w.preset}",
         links=" ".join(LINKED),
         snakemake=f"{sys.executable} -m snakemake --snakefile {Path(workflow.main_snakefile).resolve()}",
+        inner=lambda w: f"reports/{load_params(f'experiments/{w.preset}.yaml')['experiment']}.html",
     threads: workflow.cores
     conda:
         ENV
@@ -36,5 +37,5 @@ rule preset:
     shell:
         "mkdir -p {params.tree} && cp -p {input.preset} {params.tree}/params.yaml"
         " && for d in {params.links}; do ln -sfn ../../$d {params.tree}/$d; done"
-        " && {params.snakemake} --directory {params.tree} --cores {threads} {output} > {log} 2>&1"
-        " && cp {params.tree}/{output} {output}"
+        " && {params.snakemake} --directory {params.tree} --cores {threads} {params.inner} > {log} 2>&1"
+        " && cp {params.tree}/{params.inner} {output}"

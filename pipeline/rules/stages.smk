@@ -56,7 +56,8 @@ rule pretrain:
     output:
         "models/base/config.json",
     params:
-        keys("pretrain", "model", "train.weight_decay", "train.grad_clip", "train.threads", "train.device"),
+        keys("pretrain", "model", "train.weight_decay", "train.grad_clip", "train.precision", "train.threads",
+             "train.device"),
     conda:
         ENV
     log:
@@ -65,18 +66,43 @@ rule pretrain:
         CMD.format(stage="pretrain") + " > {log} 2>&1"
 
 
+rule start:  # where every variant of a seed begins: the oracle start (train.init_from: oracle) or the base
+    input:
+        "pipeline/start.py",
+        "data/validated.json",
+        "data/memories/manifest.json",
+        "models/base/config.json",
+    output:
+        "models/start/seed{seed}/start.json",
+    params:
+        keys("model", "train.protocol", "train.init_from", "train.start_steps", "train.oracle_gate",
+             "train.batch_size", "train.lr", "train.weight_decay", "train.grad_clip", "train.write_grad",
+             "train.eval_memory", "train.max_steps_per_epoch", "train.loss_reduction", "train.precision",
+             "train.threads", "train.device"),
+    conda:
+        ENV
+    log:
+        "logs/start/seed{seed}.log",
+    shell:
+        CMD.format(stage="start") + " --seed {wildcards.seed} > {log} 2>&1"
+
+
 rule train:
     input:
         "pipeline/train.py",
         "data/validated.json",
         "data/memories/manifest.json",
         "models/base/config.json",
+        "models/start/seed{seed}/start.json",
     output:
         "models/{variant}/seed{seed}/train_summary.json",
+    wildcard_constraints:
+        variant="|".join(config["train"]["variants"]),
     params:
-        keys("model", "train.protocol", "train.epochs", "train.patience", "train.batch_size", "train.lr",
-             "train.weight_decay", "train.grad_clip", "train.write_grad", "train.eval_memory",
-             "train.max_steps_per_epoch", "train.threads", "train.device"),
+        keys("model", "train.protocol", "train.init_from", "train.epochs", "train.patience", "train.batch_size",
+             "train.lr", "train.weight_decay", "train.grad_clip", "train.write_grad", "train.eval_memory",
+             "train.max_steps_per_epoch", "train.loss_reduction", "train.precision", "train.threads",
+             "train.device"),
     conda:
         ENV
     log:

@@ -147,3 +147,29 @@ def selection_perplexity(model: TransformerLM, examples: SelectionExamples, batc
             sums[m].hits += float((ex["correct"] * ex["tokens"]).sum())
             sums[m].add(float((ex["loss"] * ex["tokens"]).sum()), int(scored.sum()), out.mix_weights, true_slot)
     return {m: s.result() for m, s in sums.items()}
+
+
+@torch.no_grad()
+def plain_context_perplexity(model: TransformerLM, examples: SelectionExamples, batch_size: int,
+                             device: torch.device, desc: str = "plain context") -> Perplexity | None:
+    """The continuation task's plain-context ceiling: the true slot's segment prepended to the target as
+    ordinary context (no memory bank at all), loss on the same target labels. Run on the trained `none`
+    variant it shows how much that segment can help a model that reads it directly; None for an empty split."""
+    if len(examples) == 0:
+        return None
+    model.eval()
+    sums = _Sums()
+    for rows in _batches(len(examples), batch_size, desc):
+        b = {k: v.to(device) for k, v in examples.batch(rows).items()}
+        context, target, true_slot = b["context"], b["target"], b["true_slot"]  # [B, N, Ls], [B, T+1], [B]
+        segment = context[torch.arange(len(rows), device=device), true_slot]  # [B, Ls]
+        inputs = torch.cat([segment, target[:, :-1]], dim=1)  # [B, Ls + T]
+        logits = model(inputs).logits[:, segment.shape[1]:]  # [B, T]: predictions of the target labels
+        labels = target[:, 1:]
+        scored = b.get("target_mask", torch.ones_like(labels, dtype=torch.bool))
+        ex = per_example(logits, labels, scored, None)
+        sums.parts.append(ex)
+        sums.hits += float((ex["correct"] * ex["tokens"]).sum())
+        sums.add(float((ex["loss"] * ex["tokens"]).sum()), int(scored.sum()))
+    return sums.result()
+

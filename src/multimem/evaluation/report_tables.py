@@ -157,6 +157,14 @@ def validity_text(params: dict[str, Any], summary: dict[str, Any]) -> str:
     if v["oracle"] == v["oracle"]:  # not NaN
         lines.append(f"- Trained oracle: {_pct(v['oracle'])} of the scored tokens right; trained none: "
                      f"{_pct(v['none'])} (means over seeds).")
+    split = params["eval"]["report_split"]
+    ceiling = summary.get(f"none.{split}_ppl_plain_context.mean")
+    if ceiling is not None:  # continuation: what the true segment gives a model that reads it as plain context
+        lines.append(f"- Plain-context ceiling: the trained `none` model reaches {split} perplexity {ceiling:.2f} "
+                     f"with the true segment prepended as ordinary context, against "
+                     f"{summary.get(f'none.{split}_ppl.mean', float('nan')):.2f} without it and "
+                     f"{summary.get(f'oracle.{split}_ppl.mean', float('nan')):.2f} for the trained oracle "
+                     "reading it from memory.")
     if v["failed_runs"]:
         lines.append(f"- Failed (oracle start missed train.oracle_gate, never used): "
                      f"{', '.join(sorted(v['failed_runs']))}.")

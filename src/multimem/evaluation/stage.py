@@ -47,7 +47,7 @@ from multimem.evaluation.aggregate import build_summary
 from multimem.evaluation.headline import write_compared
 from multimem.atomic import atomic_dir, write_json_atomic, write_text_atomic
 from multimem.model.config import LANDMARKS
-from multimem.evaluation.perplexity import lm_perplexity, selection_perplexity
+from multimem.evaluation.perplexity import lm_perplexity, plain_context_perplexity, selection_perplexity
 from multimem.evaluation.report_data import TABLES, accuracy_rows, confusion_rows, learning_curve, to_csv
 from multimem.evaluation.runs import Run, RunError, find_runs, initial_model, load_trained
 from multimem.evaluation.selection import Builder, selection_accuracy
@@ -139,6 +139,11 @@ def _perplexities(res: RunResult, model: torch.nn.Module, params: dict[str, Any]
                     rec["task_sel_acc"] = float((chosen == r.examples["true_slot"]).mean())
             if split == report and r.top_slot_true is not None:
                 rec["top_slot_true"], rec["mix_max_weight"] = r.top_slot_true, r.mix_max_weight
+    if (t["protocol"] == "selection" and params["memories"]["task"] == "continuation"
+            and rec["variant"] == "none"):  # the ceiling: the true segment as ordinary context
+        r = plain_context_perplexity(model, inputs.splits[report], t["batch_size"], device)
+        if r is not None:
+            rec[f"{report}_ppl_plain_context"], rec[f"{report}_acc_plain_context"] = r.ppl, r.acc
 
 
 def _selection(res: RunResult, run: Run, model: torch.nn.Module, params: dict[str, Any], inputs: Inputs,
@@ -190,6 +195,7 @@ def summary_metrics(params: dict[str, Any], records: list[dict[str, Any]]) -> li
     refs = [m for m in ev["mixers"] if m != "landmark"]
     names = ["val_acc", "test_acc", *(f"{ev['report_split']}_acc_{m}" for m in refs), "task_sel_acc",
              "val_ppl", "test_ppl", *(f"{ev['report_split']}_ppl_{m}" for m in refs),
+             f"{ev['report_split']}_ppl_plain_context", f"{ev['report_split']}_acc_plain_context",
              "top_slot_true", "mix_max_weight", "memory_gate",
              *(f"sel_{m}_top{k}" for m in SEL_MODELS for k in ev["top_k"])]
     return [n for n in names if any(n in r for r in records)]
