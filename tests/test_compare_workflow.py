@@ -24,15 +24,15 @@ OPEN = {"cmp.oracle-none.correct.effect": 0.6, "cmp.oracle-none.correct.ci_lo": 
         "cmp.oracle-none.correct.ci_hi": 0.65}  # the trained bracket is open: landmarks can be compared
 
 
-def _summary(metric: str, diffs: dict[str, tuple[float, bool]], n: int = 3) -> dict:
-    """A summary.json with memory_norm the baseline and `diffs`: variant -> (mean_diff, significant)."""
+def _summary(metric: str, diffs: dict[str, tuple[float, bool]]) -> dict:
+    """A summary.json with memory_norm the reference of `diffs`: variant -> (effect on the scored tokens'
+    accuracy, significant), as the paired per-example comparisons cmp.<variant>-memory_norm.correct.*."""
     s = {**OPEN, "memory_norm.sel_trained_top1.mean": 0.25, "memory_norm.test_ppl_oracle.mean": 10.0,
          "memory_norm.test_ppl_none.mean": 12.0, f"memory_norm.{metric}.mean": 11.0}
     for v, (d, sig) in diffs.items():
         s[f"{v}.{metric}.mean"] = 11.0 + d
         s[f"{v}.test_ppl_oracle.mean"], s[f"{v}.test_ppl_none.mean"] = 10.5, 13.0
-        s.update({f"diff.{v}-memory_norm.{metric}.{k}": x for k, x in
-                  (("mean_diff", d), ("significant", sig), ("n", n))})
+        s.update({f"cmp.{v}-memory_norm.correct.{k}": x for k, x in (("effect", d), ("significant", sig))})
     return s
 
 
@@ -44,23 +44,20 @@ def _params(protocol: str = "selection", task: str = "continuation") -> dict:
 
 
 def test_headline_keys_and_verdict() -> None:
-    diffs = {"learned": (-0.5, True), "hsa_mean": (0.4, True), "hsa_encoder": (-0.1, False)}
-    h = headline(_params(), _summary("test_ppl", diffs))
+    diffs = {"learned": (0.05, True), "hsa_mean": (-0.04, True), "hsa_encoder": (0.01, False)}
+    h = headline(_params(), _summary("test_ppl", {k: v for k, v in diffs.items()}))
     assert h["metric"] == "test_ppl" and h["experiment"] == "tiny"
     assert h["bracket"] == {"oracle": 10.375, "none": 12.75, "gap": 2.375}  # means over variants; none - oracle
-    assert h["learned"] == {"ppl": 10.5} and h["memory_norm"] == {"ppl": 11.0, "selection_top1": 0.25}
-    assert h["verdict"] == ("better than memory_norm: learned; worse than memory_norm: hsa_mean; "
-                            "no different from memory_norm: hsa_encoder")
+    assert h["learned"] == {"ppl": 11.05} and h["memory_norm"] == {"ppl": 11.0, "selection_top1": 0.25}
+    assert h["verdict"] == "hsa_encoder ~ memory_norm; hsa_mean < memory_norm; learned > memory_norm"
 
 
 def test_headline_main_metric_follows_protocol_and_task() -> None:
     recall = headline(_params(task="recall"), _summary("test_acc", {"learned": (0.2, True)}))
     assert recall["metric"] == "test_acc" and recall["learned"] == {"value_acc": 11.2}
-    assert recall["verdict"] == "better than memory_norm: learned"  # higher accuracy is better
-    one_seed = headline(_params(), _summary("test_ppl", {"learned": (-0.5, True)}, n=1))
-    assert one_seed["verdict"] == "no different from memory_norm: learned"
+    assert recall["verdict"] == "learned > memory_norm"
     assert headline(_params(), {**OPEN, "memory_norm.test_ppl.mean": 3.0})["verdict"] == \
-        "no comparison (one landmark variant)"
+        "no landmark variant evaluated"
     lm = _params(protocol="lm")
     assert headline(lm, _summary("test_ppl", {"learned": (-0.5, True)}))["verdict"].startswith(
         "landmarks not compared: train.protocol 'lm' has no true slot per example")
@@ -73,13 +70,14 @@ def test_headline_bracket_from_trained_reference_variants() -> None:
     s = {**OPEN, "cmp.oracle-none.correct.effect": 0.3,
          "oracle.test_acc.mean": 0.6, "none.test_acc.mean": 0.3, "memory_norm.test_acc.mean": 0.35,
          "learned.test_acc.mean": 0.4, "learned.test_acc_oracle.mean": 0.9,  # a test-time swap: not used
-         "diff.learned-memory_norm.test_acc.mean_diff": 0.05, "diff.learned-memory_norm.test_acc.significant": True,
-         "diff.learned-memory_norm.test_acc.n": 3}
+         "cmp.learned-memory_norm.correct.effect": 0.05, "cmp.learned-memory_norm.correct.significant": True,
+         "learned.choice_bal_acc.mean": 0.5}
     h = headline(p, s)
     assert h["bracket"] == {"oracle": 0.6, "none": 0.3, "gap": 0.3} and "oracle" not in h and "none" not in h
+    assert h["learned"] == {"value_acc": 0.4, "task_selection_balanced": 0.5}
     assert h["verdict"].startswith("landmarks not compared: the trained oracle beats trained none by 30.0%")
     p["eval"]["min_bracket"] = 0.2
-    assert headline(p, s)["verdict"] == "better than memory_norm: learned"
+    assert headline(p, s)["verdict"] == "learned > memory_norm"
     props = schema()["properties"]
     for name in [*props["train"]["properties"]["protocol"]["enum"], *props["memories"]["properties"]["task"]["enum"]]:
         assert name in MAIN_METRIC or name == "selection"  # selection: its memories.task decides

@@ -214,7 +214,7 @@ DESIGN_KEYS = {
 # the v2 demo trains the recall task at a budget of its own (more, shorter examples; larger batch and lr)
 RECALL_DEMO_BUDGET = {"memories.examples_train", "memories.examples_val", "memories.num_memories",
                       "model.memory.num_memories", "train.batch_size", "train.lr", "train.max_steps_per_epoch",
-                      "train.patience"}
+                      "train.patience", "model.memory.encoder_capacity"}
 
 
 @pytest.mark.parametrize("v1, v2, scale_keys", [

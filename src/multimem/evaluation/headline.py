@@ -86,29 +86,27 @@ def _per_variant(params: dict[str, Any], summary: dict[str, Any]) -> dict[str, A
     (metric, key, _), out = main_metric(params), {}
     for v in _variants(params, summary, LANDMARKS):
         row = {key: _mean(summary, v, metric), "selection_top1": _mean(summary, v, "sel_trained_top1"),
-               "task_selection": _mean(summary, v, "task_sel_acc")}
+               "task_selection": _mean(summary, v, "task_sel_acc"),
+               "task_selection_balanced": _mean(summary, v, "choice_bal_acc")}
         if row := {k: x for k, x in row.items() if x is not None}:
             out[v] = row
     return out
 
 
 def _verdict(params: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """'a > b' / 'a < b' where the paired per-example comparison on the scored tokens' accuracy (cmp.*, Holm-
+    corrected) calls a difference, 'a ~ b' where it does not; only when the run can compare landmarks."""
     if not (v := validity(params, summary))["can_compare"]:
         return {"verdict": f"landmarks not compared: {v['why'].split(':')[0]}"}
-    metric, _, higher = main_metric(params)
-    better, worse, same, baseline = [], [], [], None
-    for key, significant in summary.items():
+    said = []
+    for key in sorted(summary):
         parts = key.split(".")
-        if parts[0] != "diff" or parts[2:] != [metric, "significant"] or parts[1].split("-")[0] not in LANDMARKS:
+        if parts[0] != "cmp" or parts[2:] != ["correct", "significant"] or parts[1] == "oracle-none":
             continue
-        variant, baseline = parts[1].split("-", 1)
-        d, n = summary[f"diff.{parts[1]}.{metric}.mean_diff"], summary[f"diff.{parts[1]}.{metric}.n"]
-        (same if n < 2 or not significant else better if (d > 0) == higher else worse).append(variant)
-    if baseline is None:
-        return {"verdict": "no comparison (one landmark variant)"}
-    said = [f"{label} {baseline}: {', '.join(vs)}" for label, vs in
-            (("better than", better), ("worse than", worse), ("no different from", same)) if vs]
-    return {"verdict": "; ".join(said)}
+        a, b = parts[1].split("-", 1)
+        rel = (">" if summary[f"cmp.{parts[1]}.correct.effect"] > 0 else "<") if summary[key] else "~"
+        said.append(f"{a} {rel} {b}")
+    return {"verdict": "; ".join(said) or "no landmark variant evaluated"}
 
 
 SECTIONS: tuple[Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]], ...] = (
