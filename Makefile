@@ -1,5 +1,5 @@
 # The two entry points of the README:
-#   make run    create .venv, install, run the whole pipeline offline (v2 demo) -> reports/landmark_v2-demo.html
+#   make run    create .venv, install, run the whole pipeline offline (v2 demo) -> reports/landmark_v2.html
 #   make test   create .venv, install, run the test suite
 SHELL := /bin/bash
 PYTHON ?= python3

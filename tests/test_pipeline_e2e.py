@@ -38,8 +38,10 @@ def test_dvc_repro_runs_the_whole_dag(repo):
 def test_report_html_is_self_contained_with_tables(repo):
     html = (repo / "reports/tiny.html").read_text()
     assert "<table" in html and "data:image/png;base64" in html
-    for heading in ("Perplexity", "Memory-selection accuracy", "What changed from v1 to v2", "Conclusions"):
+    for heading in ("Can this run compare landmarks at all?", "Landmarks: accuracy", "Paired comparisons",
+                    "Side experiment", "What changed from v1 to v2"):
         assert heading in html
+    assert re.search(r"This run (can|cannot) compare landmarks", html)  # the validity statement, computed
     assert not re.search(r"<script[^>]*src=\"https?://", html)
     assert "Traceback" not in html
 
