@@ -68,3 +68,15 @@ def test_failed_seeds_are_named_and_the_landmark_table_shows_collapse():
     tbl = landmark_table(P, s)
     assert list(tbl.index) == ["oracle", "none", "learned"]  # the trained bracket beside the landmark
     assert tbl.loc["learned", "top-slot share"] == "20.0%" and tbl.loc["oracle", "top-slot share"] == ""
+
+
+def test_a_one_seed_perplexity_has_no_interval_and_says_so():
+    from multimem.evaluation.report_tables import ppl_table
+
+    q = copy.deepcopy(P)
+    q["train"]["variants"] = ["memory_norm", "learned"]
+    tbl = ppl_table({"memory_norm.val_ppl.mean": 264.04, "memory_norm.val_ppl.n": 1,
+                     "learned.val_ppl.mean": 264.03, "learned.val_ppl.ci_lo": 260.0, "learned.val_ppl.ci_hi": 268.1,
+                     "learned.val_ppl.n": 3}, q)
+    assert tbl.loc["memory_norm", "val_ppl"] == "264.04 (one seed: no interval)"
+    assert tbl.loc["learned", "val_ppl"] == "264.03 [260.00, 268.10]"

@@ -64,9 +64,13 @@ def ppl_table(summary: dict[str, Any], params: dict[str, Any]) -> pd.DataFrame:
         return df
     from multimem.training.loop import ppl_text  # deferred: torch is not needed for the other tables
 
-    nan = float("nan")  # one seed: no interval in the summary
-    cell = df.apply(lambda r: f"{ppl_text(r['mean'])} [{ppl_text(r.get('ci_lo', nan))}, "
-                              f"{ppl_text(r.get('ci_hi', nan))}]", axis=1)
+    def text(r: pd.Series) -> str:
+        lo, hi = r.get("ci_lo"), r.get("ci_hi")
+        if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):  # one seed: no interval in the summary
+            return f"{ppl_text(r['mean'])} (one seed: no interval)"
+        return f"{ppl_text(r['mean'])} [{ppl_text(lo)}, {ppl_text(hi)}]"
+
+    cell = df.apply(text, axis=1)
     return cell.unstack("metric").reindex(params["train"]["variants"]).dropna(how="all")
 
 
