@@ -5,8 +5,8 @@ The package reads as the pipeline does:
     model/       the model core: memory layer, landmarks, memory bank, Pythia layers
     training/    pretrain and per-variant training, checkpoints   (stages pretrain, train)
     evaluation/  perplexity, selection, statistics, report tables (stages evaluate, report)
-Shared base: params (+ params_schema.yaml), experiment (presets and branches), atomic (outputs),
-integrity (manifests), hub (network access), bench (benchmarks).
+Shared base: params (+ params_schema.yaml), resources (memory checks), experiment (presets and branches),
+atomic (outputs), integrity (manifests), hub (network access), bench (benchmarks).
 """
 
 __version__ = "0.1.0"
