@@ -80,3 +80,34 @@ def test_a_one_seed_perplexity_has_no_interval_and_says_so():
                      "learned.val_ppl.n": 3}, q)
     assert tbl.loc["memory_norm", "val_ppl"] == "264.04 (one seed: no interval)"
     assert tbl.loc["learned", "val_ppl"] == "264.03 [260.00, 268.10]"
+
+
+def test_plain_context_ceiling_reads_the_true_segment_as_ordinary_context():
+    """The continuation ceiling: loss of the target labels after [true segment; target inputs], no bank."""
+    import numpy as np
+    import torch
+
+    from multimem.evaluation.perplexity import plain_context_perplexity
+    from multimem.model import MemoryConfig, ModelConfig, TransformerLM
+    from multimem.training.batches import SelectionExamples
+
+    torch.manual_seed(0)
+    mem = MemoryConfig(num_memories=3, landmark="none", state="per_example", readout_norm="exact",
+                       relevance="per_token", empty="masked", assignment="explicit")
+    model = TransformerLM(ModelConfig(vocab_size=64, hidden=16, layers=2, heads=2, ffn=32, layernorm="separate",
+                                      memory_layer=1, memory=mem)).eval()
+    rng = np.random.default_rng(0)
+    ex = SelectionExamples({"context": rng.integers(0, 64, (5, 3, 6)), "target": rng.integers(0, 64, (5, 5)),
+                            "true_slot": np.array([0, 2, 1, 1, 0])})
+    r = plain_context_perplexity(model, ex, batch_size=2, device=torch.device("cpu"))
+    seg = torch.as_tensor(ex.context[np.arange(5), ex.true_slot])  # [5, 6]
+    tgt = torch.as_tensor(ex.target)
+    with torch.no_grad():
+        logits = model(torch.cat([seg, tgt[:, :-1]], 1)).logits[:, 6:]  # predictions of tgt[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, 64), tgt[:, 1:].reshape(-1))
+    assert r.tokens == 20 and abs(r.loss - float(ce)) < 1e-5
+    # the segment matters: with another slot's segment the loss differs
+    other = torch.as_tensor(ex.context[np.arange(5), (ex.true_slot + 1) % 3])
+    with torch.no_grad():
+        wrong = model(torch.cat([other, tgt[:, :-1]], 1)).logits[:, 6:]
+    assert abs(float(torch.nn.functional.cross_entropy(wrong.reshape(-1, 64), tgt[:, 1:].reshape(-1))) - r.loss) > 1e-6
