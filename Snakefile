@@ -4,6 +4,7 @@
 #     snakemake --cores 1                                      # default target (rule all): the report of
 #                                                              # params.yaml, in the same files as `dvc repro`
 #     snakemake --cores 1 reports/landmark_v1-demo.html        # any preset by name, in its own tree build/<preset>/
+#     snakemake --cores 2 reports/landmark_ablation.html       # an ablation by name (experiments/ablations/)
 from snakemake.utils import validate
 
 from multimem.params import load_params, validate_params
@@ -28,3 +29,4 @@ rule all:  # the default target: the first rule of the Snakefile itself (not of 
 
 include: "pipeline/rules/stages.smk"
 include: "pipeline/rules/presets.smk"
+include: "pipeline/rules/ablation.smk"

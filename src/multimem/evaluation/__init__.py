@@ -10,4 +10,6 @@
     report_tables the report's tables and computed conclusions
     stage         every (variant, seed) -> metrics/<experiment>/ runs/*.json, summary.json, plots/*.csv
     headline      what DVC compares across branches: metrics/headline.json and metrics/<table>.csv
+    ablation_table  one row per ablation rung from its summary (bracket, selection), Holm across the table
+    render        a report notebook -> byte-stable, self-contained HTML (papermill + nbconvert)
 """

@@ -9,6 +9,7 @@ selection (v2)   per example N context segments written to N slots (context[:, s
                  "landmark" = the run's own landmark, or a reference mixer "oracle" (oracle_slot =
                  true_slot), "uniform", "none". For each mixer also: the fraction of target tokens
                  whose head-averaged top memory is the true slot, and the mean largest mixing weight.
+                 eval_memory "off" (v1's validation) skips the writes: every mixer reads an empty bank.
 
 Batches follow validation's order and size (rows 0..n-1 in `batch_size` blocks), so the loss of a
 run's best weights on its validation split equals train_summary.json's best_val_loss on CPU.
@@ -116,7 +117,7 @@ def lm_perplexity(model: TransformerLM, chunks: LMChunks, batch_size: int, eval_
 @torch.no_grad()
 def selection_perplexity(model: TransformerLM, examples: SelectionExamples, batch_size: int,
                          mixers: Sequence[str], device: torch.device,
-                         desc: str = "selection") -> dict[str, Perplexity] | None:
+                         desc: str = "selection", eval_memory: str = "on") -> dict[str, Perplexity] | None:
     """Target perplexity per mixer of EVAL_MIXERS under the selection protocol (module docstring);
     None for an empty split."""
     bad = [m for m in mixers if m not in EVAL_MIXERS]
@@ -135,7 +136,8 @@ def selection_perplexity(model: TransformerLM, examples: SelectionExamples, batc
         b = {k: v.to(device) for k, v in examples.batch(rows).items()}
         context, target, true_slot = b["context"], b["target"], b["true_slot"]  # [B, N, Ls], [B, T+1], [B]
         bank = model.new_bank(None if shared else len(rows), device)
-        model.write_memories(context, bank)  # segment s -> slot s
+        if eval_memory == "on":
+            model.write_memories(context, bank)  # segment s -> slot s
         inputs, labels = target[:, :-1], target[:, 1:]  # [B, T] each
         scored = b.get("target_mask", torch.ones_like(labels, dtype=torch.bool))  # [B, T]
         for m in mixers:

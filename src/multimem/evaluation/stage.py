@@ -120,7 +120,7 @@ def _perplexities(res: RunResult, model: torch.nn.Module, params: dict[str, Any]
         else:
             mixers = ["landmark"] + (refs if split == report else [])
             results = selection_perplexity(model, inputs.splits[split], t["batch_size"], mixers, device,
-                                           f"{split} ppl")
+                                           f"{split} ppl", t["eval_memory"])
         for mixer, r in (results or {}).items():
             res.tables["ppl_bracket"].append({"variant": rec["variant"], "seed": rec["seed"], "mixer": mixer,
                                               "split": split, "ppl": r.ppl})

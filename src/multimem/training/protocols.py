@@ -15,6 +15,9 @@ selection (v2)
     target[:, 1:] that target_mask marks (all without a mask). Landmark "oracle" gets oracle_slot=true_slot.
     Validation is the same computation without gradients, and also counts the scored labels predicted
     right (stat "acc": recall value accuracy, or next-token accuracy of the continuation task).
+    eval_memory "off" (v1's validation, kept for the ablation) skips the writes at validation: the
+    target reads an EMPTY bank, so no mixer can use the context. state "shared" (v1) gives the batch
+    one bank: every example's segment s lands in the same slot s (mean over the batch).
 
 Both return the token-loss SUM and the token count, so that a mean over a global batch split across
 data-parallel ranks is sum_over_ranks(loss_sum) / global_tokens.
@@ -130,12 +133,14 @@ class SelectionProtocol:
 
     name = "selection"
 
-    def __init__(self, model: TransformerLM, write_grad: str = "differentiable") -> None:
+    def __init__(self, model: TransformerLM, write_grad: str = "differentiable", eval_memory: str = "on") -> None:
         if write_grad not in WRITE_GRAD:
             raise ProtocolError(f"train.write_grad={write_grad!r}; allowed: {', '.join(WRITE_GRAD)}")
+        if eval_memory not in EVAL_MEMORY:
+            raise ProtocolError(f"train.eval_memory={eval_memory!r}; allowed: {', '.join(EVAL_MEMORY)}")
         if model.memory_layer is None:
             raise ProtocolError("train.protocol='selection' needs a model with a memory layer")
-        self.model, self.detach = model, write_grad == "detached"
+        self.model, self.detach, self.eval_memory = model, write_grad == "detached", eval_memory
         self.shared = model.cfg.memory.state == "shared"
 
     def start_epoch(self) -> None:
@@ -150,7 +155,8 @@ class SelectionProtocol:
                 f"{self.model.cfg.memory.num_memories}"
             )
         bank = self.model.new_bank(None if self.shared else B)
-        self.model.write_memories(context, bank, detach=self.detach)  # segment s -> slot s
+        if training or self.eval_memory == "on":
+            self.model.write_memories(context, bank, detach=self.detach)  # segment s -> slot s
         inputs, labels = target[:, :-1], target[:, 1:]  # [B, T] each
         scored = batch.get("target_mask")  # [B, T] bool (recall: the value tokens); None = every token
         if scored is not None:
@@ -177,5 +183,5 @@ def make_protocol(
     if name == "lm":
         return LMProtocol(model, eval_memory)
     if name == "selection":
-        return SelectionProtocol(model, write_grad)
+        return SelectionProtocol(model, write_grad, eval_memory)
     raise ProtocolError(f"train.protocol={name!r}; allowed: {', '.join(PROTOCOLS)}")
