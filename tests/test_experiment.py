@@ -99,3 +99,44 @@ def test_module_entry_point(repo: Path) -> None:
     assert "exp/landmark_v1" in first.stdout
     again = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     assert again.returncode == 2 and again.stderr.startswith("error: ") and "Traceback" not in again.stderr
+
+
+def test_keep_makes_an_experiment_reachable_and_branches_brings_it_back(repo: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    main(["new", "landmark_v1-demo"])
+    (repo / "metrics").mkdir()
+    (repo / "metrics/headline.json").write_text('{"experiment": "landmark_v1-demo"}\n')
+    git(repo, "add", "metrics")
+    git(repo, "commit", "--quiet", "-m", "v1 demo: results")
+    tip = git(repo, "rev-parse", "HEAD")
+    git(repo, "switch", "--quiet", "main")
+    before = git(repo, "rev-parse", "HEAD^{tree}")
+    main(["keep", "exp/landmark_v1-demo"])
+    assert "experiment results kept reachable: landmark_v1-demo (exp/landmark_v1-demo)" in capsys.readouterr().out
+    assert git(repo, "rev-parse", "HEAD^{tree}") == before  # main's files unchanged
+    assert git(repo, "rev-parse", "HEAD^2") == tip
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(repo), str(clone)], check=True)
+    assert git(clone, "branch", "--list", "exp/*") == ""  # a clone has only main
+    os.chdir(clone)
+    main(["branches"])
+    out = capsys.readouterr().out
+    assert "exp/landmark_v1-demo" in out and "created" in out
+    assert git(clone, "rev-parse", "exp/landmark_v1-demo") == tip
+    assert git(clone, "show", "exp/landmark_v1-demo:metrics/headline.json") == '{"experiment": "landmark_v1-demo"}'
+    main(["branches"])
+    assert "exists" in capsys.readouterr().out  # a second run leaves the branch as it is
+
+
+def test_keep_refuses_a_missing_branch_and_a_dirty_tree(repo: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["keep", "exp/nothing"])
+    assert "branch 'exp/nothing' does not exist" in capsys.readouterr().err
+    main(["new", "landmark_v1-demo"])
+    git(repo, "switch", "--quiet", "main")
+    (repo / "params.yaml").write_text("changed: true\n")
+    with pytest.raises(SystemExit):
+        main(["keep", "exp/landmark_v1-demo"])
+    assert "uncommitted changes" in capsys.readouterr().err
+    assert git(repo, "rev-list", "--count", "HEAD") == "1"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -155,3 +157,41 @@ def test_protocol_scores_only_the_value_tokens_and_counts_value_accuracy():
     assert torch.allclose(res.loss_sum, ce, atol=1e-4)
     hits = float((logits[mask].argmax(-1) == labels[mask]).sum())
     assert res.stats["acc"] == (hits, float(8 * s.pairs))
+
+
+def test_v1_validation_without_memory_and_a_batch_shared_bank_on_the_recall_task():
+    """eval_memory 'off' (v1) validates from an empty bank: the context cannot matter, so the oracle reads
+    the same as no memory; state 'shared' (v1) gives the batch one bank, so an example's answer depends on
+    the other examples of its batch. Training (eval_memory has no say there) still writes."""
+    from multimem.evaluation.perplexity import selection_perplexity
+
+    s = spec(num_memories=4, num_domains=4, num_keys=32, num_values=16)
+    ex = SelectionExamples(recall_examples(s, 8, np.random.default_rng(7)))
+    torch.manual_seed(0)
+    model = tiny_model(vocab=s.vocab_needed).eval()
+    batch = ex.batch(np.arange(8))
+    with torch.no_grad():
+        on = SelectionProtocol(model, "detached", "on").step(batch, training=False)
+        off = SelectionProtocol(model, "detached", "off").step(batch, training=False)
+        trained_off = SelectionProtocol(model, "detached", "off").step(batch, training=True)
+        empty = model(batch["target"][:, :-1], bank=model.new_bank(8), oracle_slot=batch["true_slot"])
+    labels = batch["target"][:, 1:].masked_fill(~batch["target_mask"], -100)
+    ce_empty = torch.nn.functional.cross_entropy(empty.logits.transpose(1, 2), labels, reduction="sum")
+    assert torch.allclose(off.loss_sum, ce_empty, atol=1e-4)
+    assert not torch.allclose(on.loss_sum, off.loss_sum, atol=1e-3)
+    assert torch.allclose(trained_off.loss_sum, on.loss_sum, atol=1e-4)
+    res = selection_perplexity(model, ex, 8, ["oracle", "none"], torch.device("cpu"), eval_memory="off")
+    assert res["oracle"].loss == pytest.approx(res["none"].loss, abs=1e-6)
+
+    shared = TransformerLM(dataclasses.replace(model.cfg, memory=dataclasses.replace(model.cfg.memory,
+                                                                                      state="shared")))
+    shared.load_state_dict(model.state_dict())
+    shared.eval()
+    proto = SelectionProtocol(shared, "detached", "on")
+    with torch.no_grad():
+        alone = proto.step(ex.batch(np.arange(1)), training=False).loss_sum
+        in_batch = proto.step(ex.batch(np.arange(8)), training=False)
+        per_ex = SelectionProtocol(model, "detached", "on").step(ex.batch(np.arange(1)), training=False).loss_sum
+    assert torch.allclose(alone, per_ex, atol=1e-4)  # a batch of one: the shared bank is that example's
+    first = selection_perplexity(shared, ex, 8, ["oracle"], torch.device("cpu"))["oracle"].examples["loss"][0]
+    assert abs(first * s.pairs - float(alone)) > 1e-3  # with 7 other examples in its bank it reads differently

@@ -8,7 +8,8 @@ import copy
 import pytest
 
 from multimem.evaluation.report_tables import chance_level, conclusions, landmark_table, validity, validity_text
-from pipeline_helpers import tiny_params
+from multimem.params import load_params
+from pipeline_helpers import ROOT, tiny_params
 
 P = tiny_params(**{"train.variants": ["oracle", "none", "learned"], "eval.min_bracket": 0.5})
 
@@ -111,3 +112,19 @@ def test_plain_context_ceiling_reads_the_true_segment_as_ordinary_context():
     with torch.no_grad():
         wrong = model(torch.cat([other, tgt[:, :-1]], 1)).logits[:, 6:]
     assert abs(float(torch.nn.functional.cross_entropy(wrong.reshape(-1, 64), tgt[:, 1:].reshape(-1))) - r.loss) > 1e-6
+
+
+def test_v1_numbers_of_the_note_beside_this_runs():
+    from multimem.evaluation.report_tables import v1_beside_note
+
+    v1 = load_params(ROOT / "experiments" / "landmark_v1-demo.yaml")
+    runs = [{"variant": "memory_norm", "seed": s, "val_ppl": p, "best_epoch": 3, "params": 1_444_356,
+             "sel_trained_top1": 0.25, "sel_queries": 20} for s, p in ((0, 264.0), (1, 266.0))]
+    tbl = v1_beside_note(v1, runs)
+    assert list(tbl.index) == ["memory_norm"]  # only the landmarks this run has
+    row = tbl.loc["memory_norm"]
+    assert row["best val PPL (note)"] == 105.4 and row["best val PPL (this run)"] == 265.0
+    assert row["params (note)"] == 70_418_440 and row["params (this run)"] == 1_444_356
+    assert row["selection (this run)"] == "25% (5/20), 25% (5/20)" and row["epoch (this run)"] == "3, 3"
+    v2 = load_params(ROOT / "experiments" / "landmark_v2-demo.yaml")
+    assert v1_beside_note(v2, runs) is None  # no v1 protocol, nothing to set beside the note

@@ -3,12 +3,18 @@
     python -m multimem.experiment list
     python -m multimem.experiment new landmark_v1 [--branch exp/landmark_v1]
     python -m multimem.experiment check
+    python -m multimem.experiment keep exp/landmark_v1-demo      # on main, after that branch's results
+    python -m multimem.experiment branches                       # on a fresh clone: exp/* branches back
 
 `new` validates experiments/<preset>.yaml and refuses a work tree with uncommitted changes (they would
 travel to the new branch), then creates the branch from the current HEAD with one commit: params.yaml =
 the preset, and the previous experiment's results (metrics/, reports/*.html) removed, so the branch
 holds only its own experiment once `dvc repro` has run. `dvc params diff exp/landmark_v1
 exp/landmark_v2` then lists what differs between two experiments.
+`keep` merges an experiment branch into the current one with git's "ours" strategy: the tree (params.yaml,
+dvc.lock, results) stays the current branch's, but the branch's commits become part of its history, so
+every clone of main carries them. `branches` finds those merges again and recreates the local branches, so
+`dvc metrics diff exp/landmark_v1-demo main` works on a fresh clone.
 `check` fails when dvc.lock no longer records the code, params.yaml or results of the work tree
 (CI runs it: committed results must come from the committed code).
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,6 +124,55 @@ def new_experiment(preset: str, branch: str | None = None, root: Path | None = N
     return branch
 
 
+KEEP_SUBJECT = "experiment results kept reachable:"  # subject of a `keep` merge: "<this> <experiment> (<branch>)"
+_KEPT = re.compile(rf"^{re.escape(KEEP_SUBJECT)} (?P<experiment>\S+) \((?P<branch>[^)\s]+)\)$")
+
+
+def _clean(root: Path, what: str) -> None:
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+    if dirty:
+        raise ExperimentError(f"{what} needs a work tree without uncommitted changes to tracked files; commit or "
+                              f"discard them first:\n{dirty}")
+
+
+def keep_experiment(branch: str, root: Path | None = None) -> str:
+    """Merge `branch` into HEAD with strategy 'ours' (HEAD's tree unchanged; the branch's history reachable
+    from HEAD); return the merge's subject."""
+    root = repo_root() if root is None else root
+    try:
+        tip = _git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}")
+    except ExperimentError:
+        raise ExperimentError(f"branch {branch!r} does not exist; allowed: a local branch "
+                              "(git branch --list 'exp/*')") from None
+    _clean(root, "keep")
+    try:
+        experiment = yaml.safe_load(_git(root, "show", f"{tip}:{PARAMS_FILE}"))["experiment"]
+    except (ExperimentError, TypeError, KeyError, yaml.YAMLError):
+        raise ExperimentError(f"branch {branch!r} has no params.yaml with an experiment name at its tip") from None
+    subject = f"{KEEP_SUBJECT} {experiment} ({branch})"
+    _git(root, "merge", "--quiet", "--no-ff", "--no-edit", "-s", "ours", "-m", subject, tip)
+    return subject
+
+
+def restore_branches(root: Path | None = None) -> list[tuple[str, str, bool]]:
+    """Every `keep` merge in HEAD's history -> (branch, commit, created): the local branch is created at the
+    kept commit unless a branch of that name exists already (then left as it is)."""
+    root = repo_root() if root is None else root
+    out = []
+    for line in _git(root, "log", "--merges", "--format=%P%x09%s", "HEAD").splitlines():
+        parents, _, subject = line.partition("\t")
+        m = _KEPT.match(subject)
+        if not m or len(parents.split()) != 2:
+            continue
+        branch, commit = m["branch"], parents.split()[1]
+        exists = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"], cwd=root,
+                                capture_output=True, check=False).returncode == 0
+        if not exists:
+            _git(root, "branch", branch, commit)
+        out.append((branch, commit, not exists))
+    return out
+
+
 def lock_problems(root: Path) -> list[str]:
     """What `dvc status` finds changed since dvc.lock in git-tracked files: code and other tracked deps,
     params.yaml keys, tracked results (metrics, reports). Missing untracked outputs (data/, models/ on a
@@ -162,6 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     new.add_argument("preset", help="preset name (experiments/<name>.yaml) or path")
     new.add_argument("--branch", help="branch to create (default exp/<preset>)")
     sub.add_parser("check", help="fail if dvc.lock does not record the tracked code, params and results (CI)")
+    keep = sub.add_parser("keep", help="make an experiment branch's results reachable from this branch")
+    keep.add_argument("branch")
+    sub.add_parser("branches", help="recreate the experiment branches kept in this branch's history")
     args = parser.parse_args(argv)
     if args.command == "list":
         try:
@@ -172,6 +231,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{path.stem:<20} {_summary(path)}")
         return
     root = repo_root()
+    if args.command == "keep":
+        print(keep_experiment(args.branch, root))
+        return
+    if args.command == "branches":
+        found = restore_branches(root)
+        for branch, commit, created in found:
+            print(f"{branch:<28} {commit[:12]} {'created' if created else 'exists'}")
+        if not found:
+            print("no experiment branch is kept in this history (python -m multimem.experiment keep <branch>)")
+        return
     if args.command == "check":
         if problems := lock_problems(root):
             raise ExperimentError(f"dvc.lock does not match the work tree in {len(problems)} place(s): run "

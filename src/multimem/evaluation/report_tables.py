@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -20,6 +21,30 @@ V1_NOTE = pd.DataFrame(
     [("memory_norm", 105.4, 7, 70_418_440), ("learned", 105.6, 7, 70_422_536)],
     columns=["landmark", "best val PPL (note)", "epoch", "params"],
 ).set_index("landmark").assign(**{"selection accuracy (note)": ["20% (4/20), chance 25%", ""]})
+
+
+def v1_beside_note(params: dict[str, Any], runs: list[dict[str, Any]]) -> pd.DataFrame | None:
+    """The note's v1 numbers (V1_NOTE) beside this run's for its v1 landmarks: best val PPL (mean over seeds),
+    best epoch, parameter count and the memory builder's selection accuracy (top-1, queries chosen right);
+    None unless this experiment runs v1's protocol (train.protocol 'lm') with a v1 landmark."""
+    if params["train"]["protocol"] != "lm":
+        return None
+    rows = []
+    for lm in V1_NOTE.index:
+        mine = [r for r in runs if r.get("variant") == lm]
+        if not mine:
+            continue
+        ppl = float(np.mean([r["val_ppl"] for r in mine]))
+        sel = [(r.get("sel_trained_top1"), r.get("sel_queries")) for r in mine]
+        sel_text = ", ".join(f"{100 * a:.0f}% ({round(a * q)}/{q})" for a, q in sel if a is not None and q)
+        rows.append({"landmark": lm, "best val PPL (note)": V1_NOTE.loc[lm, "best val PPL (note)"],
+                     "best val PPL (this run)": round(ppl, 2),
+                     "epoch (note)": V1_NOTE.loc[lm, "epoch"],
+                     "epoch (this run)": ", ".join(str(r.get("best_epoch")) for r in mine),
+                     "params (note)": V1_NOTE.loc[lm, "params"], "params (this run)": mine[0].get("params"),
+                     "selection (note)": "20% (4/20)" if lm == "memory_norm" else "",
+                     "selection (this run)": sel_text})
+    return pd.DataFrame(rows).set_index("landmark") if rows else None
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
