@@ -8,16 +8,6 @@
 import os
 from pathlib import Path
 
-from multimem.ablation import built, load_spec
-
-ABLATION_DIR = "experiments/ablations"
-ABLATIONS = sorted(Path(p).stem for p in glob.glob(f"{ABLATION_DIR}/*.yaml"))
-
-
-def ablation_rungs(name):
-    return [r.name for r in built(load_spec(f"{ABLATION_DIR}/{name}.yaml"))]
-
-
 rule ablation_rung:
     input:
         spec=f"{ABLATION_DIR}/{{ablation}}.yaml",
