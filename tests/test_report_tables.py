@@ -119,12 +119,15 @@ def test_v1_numbers_of_the_note_beside_this_runs():
 
     v1 = load_params(ROOT / "experiments" / "landmark_v1-demo.yaml")
     runs = [{"variant": "memory_norm", "seed": s, "val_ppl": p, "best_epoch": 3, "params": 1_444_356,
-             "sel_trained_top1": 0.25, "sel_queries": 20} for s, p in ((0, 264.0), (1, 266.0))]
+             "sel_initial_top1": 0.2, "sel_trained_top1": 0.25, "sel_queries": 20}
+            for s, p in ((0, 264.0), (1, 266.0))]
     tbl = v1_beside_note(v1, runs)
     assert list(tbl.index) == ["memory_norm"]  # only the landmarks this run has
     row = tbl.loc["memory_norm"]
     assert row["best val PPL (note)"] == 105.4 and row["best val PPL (this run)"] == 265.0
     assert row["params (note)"] == 70_418_440 and row["params (this run)"] == 1_444_356
-    assert row["selection (this run)"] == "25% (5/20), 25% (5/20)" and row["epoch (this run)"] == "3, 3"
+    assert row["selection at random init (note)"] == "20% (4/20)"
+    assert row["selection at random init (this run)"] == "20% (4/20), 20% (4/20)"
+    assert row["selection trained (this run)"] == "25% (5/20), 25% (5/20)" and row["epoch (this run)"] == "3, 3"
     v2 = load_params(ROOT / "experiments" / "landmark_v2-demo.yaml")
     assert v1_beside_note(v2, runs) is None  # no v1 protocol, nothing to set beside the note

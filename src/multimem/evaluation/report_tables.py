@@ -25,25 +25,29 @@ V1_NOTE = pd.DataFrame(
 
 def v1_beside_note(params: dict[str, Any], runs: list[dict[str, Any]]) -> pd.DataFrame | None:
     """The note's v1 numbers (V1_NOTE) beside this run's for its v1 landmarks: best val PPL (mean over seeds),
-    best epoch, parameter count and the memory builder's selection accuracy (top-1, queries chosen right);
+    best epoch, parameter count and the memory builder's selection accuracy (top-1, queries chosen right)
+    of the randomly initialised model, as the note's side experiment measured it, and after training;
     None unless this experiment runs v1's protocol (train.protocol 'lm') with a v1 landmark."""
     if params["train"]["protocol"] != "lm":
         return None
+
+    def chosen(mine: list[dict[str, Any]], key: str) -> str:
+        sel = [(r.get(key), r.get("sel_queries")) for r in mine]
+        return ", ".join(f"{100 * a:.0f}% ({round(a * q)}/{q})" for a, q in sel if a is not None and q)
+
     rows = []
     for lm in V1_NOTE.index:
         mine = [r for r in runs if r.get("variant") == lm]
         if not mine:
             continue
-        ppl = float(np.mean([r["val_ppl"] for r in mine]))
-        sel = [(r.get("sel_trained_top1"), r.get("sel_queries")) for r in mine]
-        sel_text = ", ".join(f"{100 * a:.0f}% ({round(a * q)}/{q})" for a, q in sel if a is not None and q)
         rows.append({"landmark": lm, "best val PPL (note)": V1_NOTE.loc[lm, "best val PPL (note)"],
-                     "best val PPL (this run)": round(ppl, 2),
+                     "best val PPL (this run)": round(float(np.mean([r["val_ppl"] for r in mine])), 2),
                      "epoch (note)": V1_NOTE.loc[lm, "epoch"],
                      "epoch (this run)": ", ".join(str(r.get("best_epoch")) for r in mine),
                      "params (note)": V1_NOTE.loc[lm, "params"], "params (this run)": mine[0].get("params"),
-                     "selection (note)": "20% (4/20)" if lm == "memory_norm" else "",
-                     "selection (this run)": sel_text})
+                     "selection at random init (note)": "20% (4/20)" if lm == "memory_norm" else "",
+                     "selection at random init (this run)": chosen(mine, "sel_initial_top1"),
+                     "selection trained (this run)": chosen(mine, "sel_trained_top1")})
     return pd.DataFrame(rows).set_index("landmark") if rows else None
 
 
