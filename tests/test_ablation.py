@@ -173,3 +173,13 @@ def test_snakemake_builds_an_ablation_by_name(tmp_path: Path):
     assert "What each v1 flaw cost" in page and "the bracket first opens at" in page and "<table" in page
     again = run(["snakemake", "--cores", "1", "reports/tiny_ablation.html"], repo)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_lm_rows_memory_helps_or_hurts_after_holm():
+    rows = [_row("lm", 0, "v1", kind="lm", mem_effect=-0.08, mem_effect_p=0.3),
+            _row("lm", 1, "readout_scale", kind="lm", mem_effect=-2.8, mem_effect_p=0.001),
+            _row("lm", 2, "protocol", kind="lm", mem_effect=3.0, mem_effect_p=0.002)]
+    df = ablation_table(rows)
+    assert list(df["memory_hurts"]) == [False, True, False]
+    assert list(df["memory_helps"]) == [False, False, True]
+    assert first_where(df, "lm", "memory_helps") == "protocol"

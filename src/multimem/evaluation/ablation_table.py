@@ -97,7 +97,8 @@ P_COLUMNS = ("bracket_p", "mem_effect_p", "landmark_effect_p", *(f"{lm}_sel_p" f
 def ablation_table(rows: Sequence[dict[str, Any]], alpha: float = 0.05) -> pd.DataFrame:
     """Rows (rung metadata + rung_row) -> DataFrame with <p>_holm columns (Holm across every finite p of
     the table) and the verdicts: bracket_open (oracle beats none after Holm), <lm>_selects (the landmark's
-    slot choice beats chance after Holm), memory_helps (lm: memory_norm beats none after Holm)."""
+    slot choice beats chance after Holm), memory_helps / memory_hurts (lm: memory_norm's perplexity below /
+    above none's after Holm)."""
     df = pd.DataFrame(list(rows))
     for col in P_COLUMNS:
         if col not in df:
@@ -124,6 +125,7 @@ def ablation_table(rows: Sequence[dict[str, Any]], alpha: float = 0.05) -> pd.Da
 
     df["bracket_open"] = sig("bracket_p", df.get("bracket", nan))
     df["memory_helps"] = sig("mem_effect_p", df.get("mem_effect", nan))
+    df["memory_hurts"] = sig("mem_effect_p", -df.get("mem_effect", nan))
     for lm in LANDMARKS:
         df[f"{lm}_selects"] = sig(f"{lm}_sel_p", df.get(f"{lm}_sel", nan) - df["slot_chance"])
     return df
