@@ -8,7 +8,7 @@
 
 `new` validates experiments/<preset>.yaml and refuses a work tree with uncommitted changes (they would
 travel to the new branch), then creates the branch from the current HEAD with one commit: params.yaml =
-the preset, and the previous experiment's results (metrics/, reports/*.html) removed, so the branch
+the preset, and the previous experiment's results (metrics/, reports/*.html and *.csv) removed, so the branch
 holds only its own experiment once `dvc repro` has run. `dvc params diff exp/landmark_v1
 exp/landmark_v2` then lists what differs between two experiments.
 `keep` merges an experiment branch into the current one with git's "ours" strategy: the tree (params.yaml,
@@ -110,7 +110,7 @@ def new_experiment(preset: str, branch: str | None = None, root: Path | None = N
         write_text_atomic(params, source.read_text(encoding="utf-8"))
         _git(root, "add", "--", PARAMS_FILE)
         if previous and previous != experiment:  # results of other experiments do not belong on this branch
-            _git(root, "rm", "-r", "--quiet", "--ignore-unmatch", "--", RESULTS, "reports/*.html")
+            _git(root, "rm", "-r", "--quiet", "--ignore-unmatch", "--", RESULTS, "reports/*.html", "reports/*.csv")
         full, top = source.resolve(), root.resolve()
         shown = full.relative_to(top) if full.is_relative_to(top) else source
         _git(root, "commit", "--quiet", "--allow-empty", "-m", f"experiment {name}: params from {shown}")
