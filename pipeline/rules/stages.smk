@@ -134,6 +134,7 @@ rule report:
         "pipeline/report.py",
         "data/validated.json",
         "src/multimem/evaluation/report_tables.py",
+        "src/multimem/evaluation/render.py",
         "notebooks/landmark_report.ipynb",
         f"metrics/{EXP}/summary.json",
     output:
