@@ -67,9 +67,9 @@ def rung_row(name: str, params: dict[str, Any], summary: dict[str, Any]) -> dict
     if kind == "lm":
         for v in ("none", *LANDMARKS):
             row[f"{v}_ppl"] = _g(summary, f"{v}.{split}_ppl.mean")
-        for col, key, sign in (("mem_effect", f"diff.none-memory_norm.{split}_ppl", 1),
-                               ("landmark_effect", f"diff.learned-memory_norm.{split}_ppl", 1)):
-            row[col] = sign * _g(summary, f"{key}.mean_diff")
+        for col, key in (("mem_effect", f"diff.none-memory_norm.{split}_ppl"),
+                         ("landmark_effect", f"diff.learned-memory_norm.{split}_ppl")):
+            row[col] = _g(summary, f"{key}.mean_diff")
             row[f"{col}_lo"], row[f"{col}_hi"] = _g(summary, f"{key}.ci_lo"), _g(summary, f"{key}.ci_hi")
             row[f"{col}_p"] = _g(summary, f"{key}.p")
         for lm in LANDMARKS:
