@@ -13,6 +13,7 @@ import yaml
 
 from multimem.ablation import AblationError, load_spec, rungs
 from multimem.evaluation.ablation_table import ablation_table, first_where, load_rows
+from multimem.evaluation.report_tables import flatten
 from multimem.params import load_params
 from pipeline_helpers import ROOT, project_copy, run, tiny_params
 
@@ -52,34 +53,24 @@ def tiny_spec() -> dict:
     }
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def test_shipped_ablation_is_cumulative_one_step_per_rung_from_v1_to_v2():
     spec = load_spec(SPEC)
     all_rungs = rungs(spec, ROOT)
-    v1, v2 = _flat(load_params(V1)), _flat(load_params(V2))
+    v1, v2 = flatten(load_params(V1)), flatten(load_params(V2))
     for task in spec["tasks"]:
         ladder = [r for r in all_rungs if r.task == task]
         assert [r.step for r in ladder] == [s["name"] for s in spec["steps"]]
-        first = _flat(ladder[0].params)
+        first = flatten(ladder[0].params)
         setup = {**spec["scale"], **spec["tasks"][task], "experiment": ladder[0].name}
         # rung 0 is v1 itself, apart from the measuring setup and the task
         assert {k for k in v1 if v1[k] != first[k]} <= set(setup)
         for prev, cur in zip(ladder, ladder[1:]):
-            a, b = _flat(prev.params), _flat(cur.params)
+            a, b = flatten(prev.params), flatten(cur.params)
             diff = {k for k in a if a[k] != b[k]} - {"experiment"}
             assert diff == set(cur.changed), (cur.name, diff, cur.changed)
             assert (cur.same_as is None) == bool(cur.changed)
     # the recall ladder ends at the v2 demo's design: every model.memory / train switch but the scale keys
-    last = _flat([r for r in all_rungs if r.task == "recall"][-1].params)
+    last = flatten([r for r in all_rungs if r.task == "recall"][-1].params)
     design = [k for k in v2 if k.startswith(("model.memory.", "train.", "data.split", "eval.report_split"))
               and k not in spec["scale"] and not k.startswith(("model.memory.encoder", "train.variants",
                                                                "train.seeds", "train.threads"))]
